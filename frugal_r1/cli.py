@@ -1,0 +1,50 @@
+"""The `frugal-r1` command line.
+
+Each subcommand lives in its own module, which exposes `register(subparsers)`: it adds its parser and
+sets `func` to the function that runs it. This file only lists them, so adding a command is one line.
+A `UserError` (or `ValueError` from config validation) becomes a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from frugal_r1.errors import UserError
+
+# (module, one-line help) in the order `--help` shows them.
+COMMANDS: list[str] = [
+    "frugal_r1.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frugal-r1",
+        description="DeepSeek-R1 on a budget: train, evaluate and price reasoning models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError) as error:
+        print(f"frugal-r1 {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"frugal-r1 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
