@@ -189,6 +189,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
     expected = model.state_dict()
     if cfg.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
+    for name in [k for k in state if k not in expected and state[k].numel() == 0]:
+        del state[name]  # transformers writes empty shared experts when n_shared_experts = 0
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
