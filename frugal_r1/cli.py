@@ -16,6 +16,7 @@ from frugal_r1.errors import UserError
 # (module, one-line help) in the order `--help` shows them.
 COMMANDS: list[str] = [
     "frugal_r1.demo",
+    "frugal_r1.cost.cli",
 ]
 
 

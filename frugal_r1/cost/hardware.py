@@ -1,0 +1,228 @@
+"""Hardware profiles: peak FLOP/s by precision, memory, power and price of the devices we price runs on.
+
+The GPU profiles (H800, H100, H200, A100) live in `hardware.toml` beside this file, each with its source.
+Users add or replace profiles with a TOML file of the same shape (`load_profiles(user_file)`, the CLI's
+`--hardware-file`). Names match case-insensitively; an unknown name is a `UserError` with close matches.
+
+The profile "cpu" is this machine, measured at run time by `measure_cpu_peak`: the best FLOP/s of large
+square matmuls in fp32 and bf16 over a few seconds (torch.matmul on the CPU; bf16 uses AVX512-BF16/AMX
+where the CPU has them, several times the fp32 rate). The result is cached per process, so the trainer
+can call it again for free. Assumptions for "cpu", stated here because no datasheet gives them:
+
+- power: 4 W per core — an AMD EPYC 9755 (Zen 5, 128 cores, 500 W TDP) is 3.9 W per core. Package power
+  only: memory, disks and the host's share are not counted.
+- price: $0.05 per core-hour, i.e. ~$0.10/hour for a 2-vCPU Zen 5 cloud machine (the on-demand price
+  class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
+  `--price-per-hour`.
+- memory: the machine's MemTotal; memory bandwidth is not measured (None).
+- MFU: 0.7 of the fp32 peak and 0.25 of the bf16 peak for training (the `small` preset reached ~1.0 and
+  ~0.34 here on a quiet machine, ~0.1 and ~0.013 while other tenants loaded both cores), 0.05 for
+  generation (a guess). The speedrun's ledger is what calibrates these.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from frugal_r1.errors import UserError
+
+DEFAULT_MFU = 0.4
+DEFAULT_GENERATION_MFU = 0.1
+CPU_WATTS_PER_CORE = 4.0
+CPU_USD_PER_CORE_HOUR = 0.05
+# See the module docstring: measured on the `small` preset, rounded down; generation is a guess.
+CPU_MFU = {"fp32": 0.7, "bf16": 0.25}
+CPU_GENERATION_MFU = 0.05
+BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+
+_FIELDS = {"peak_tflops", "memory_gb", "memory_bandwidth_gbs", "interconnect_gbs", "power_w", "usd_per_hour",
+           "source", "mfu", "generation_mfu"}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One device. Rates in SI units: FLOP/s, bytes, bytes/s, watts, dollars per device-hour."""
+
+    name: str
+    peak_flops: dict[str, float]  # dense matrix-unit peak by precision ("fp32", "tf32", "bf16", "fp8")
+    memory_bytes: int
+    power_w: float
+    usd_per_hour: float
+    memory_bandwidth: float | None = None
+    interconnect: float | None = None
+    mfu: float = DEFAULT_MFU  # training, any precision not in mfu_by_precision
+    generation_mfu: float = DEFAULT_GENERATION_MFU
+    mfu_by_precision: dict[str, float] = field(default_factory=dict)
+    source: str = ""
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. the CPU model and thread count
+
+    def peak(self, precision: str) -> float:
+        if precision not in self.peak_flops:
+            raise UserError(f"{self.name} has no {precision} peak; it has {', '.join(self.peak_flops)}")
+        return self.peak_flops[precision]
+
+    def training_mfu(self, precision: str) -> float:
+        return self.mfu_by_precision.get(precision, self.mfu)
+
+    def with_price(self, usd_per_hour: float | None) -> "Hardware":
+        return self if usd_per_hour is None else replace(self, usd_per_hour=usd_per_hour)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "peak_flops": dict(self.peak_flops), "memory_bytes": self.memory_bytes,
+                "memory_bandwidth": self.memory_bandwidth, "interconnect": self.interconnect,
+                "power_w": self.power_w, "usd_per_hour": self.usd_per_hour, "mfu": self.mfu,
+                "mfu_by_precision": dict(self.mfu_by_precision), "generation_mfu": self.generation_mfu,
+                "source": self.source, **self.details}
+
+
+def _from_toml(name: str, entry: dict[str, Any], origin: str) -> Hardware:
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise UserError(f"{origin}: [{name}] has unknown key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(_FIELDS))}")
+    missing = [key for key in ("peak_tflops", "memory_gb", "power_w", "usd_per_hour") if key not in entry]
+    if missing:
+        raise UserError(f"{origin}: [{name}] is missing {', '.join(missing)}")
+    optional = {key: entry[key] * 1e9 for key in ("memory_bandwidth_gbs", "interconnect_gbs") if key in entry}
+    mfu = entry.get("mfu", DEFAULT_MFU)
+    by_precision = {str(k): float(v) for k, v in mfu.items()} if isinstance(mfu, dict) else {}
+    return Hardware(
+        name=name,
+        peak_flops={precision: float(tflops) * 1e12 for precision, tflops in entry["peak_tflops"].items()},
+        memory_bytes=int(entry["memory_gb"] * 10**9),
+        power_w=float(entry["power_w"]),
+        usd_per_hour=float(entry["usd_per_hour"]),
+        memory_bandwidth=optional.get("memory_bandwidth_gbs"),
+        interconnect=optional.get("interconnect_gbs"),
+        mfu=DEFAULT_MFU if by_precision else float(mfu),
+        mfu_by_precision=by_precision,
+        generation_mfu=float(entry.get("generation_mfu", DEFAULT_GENERATION_MFU)),
+        source=str(entry.get("source", origin)),
+    )
+
+
+def _parse(text: str, origin: str) -> dict[str, Hardware]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{origin}: not valid TOML: {error}") from None
+    return {name: _from_toml(name, entry, origin) for name, entry in data.items()}
+
+
+def load_profiles(user_file: str | Path | None = None) -> dict[str, Hardware]:
+    """The built-in GPU profiles, plus (adding or replacing by name) those of `user_file`."""
+    text = resources.files("frugal_r1.cost").joinpath("hardware.toml").read_text(encoding="utf-8")
+    profiles = _parse(text, "hardware.toml")
+    if user_file is not None:
+        path = Path(user_file)
+        if not path.is_file():
+            raise UserError(f"hardware file not found: {path}")
+        profiles.update(_parse(path.read_text(encoding="utf-8"), str(path)))
+    return profiles
+
+
+def get_hardware(name: str, user_file: str | Path | None = None, *, measure_seconds: float = 2.0) -> Hardware:
+    """The profile called `name` (case-insensitive); "cpu" measures this machine."""
+    profiles = load_profiles(user_file)
+    by_lower = {key.lower(): key for key in profiles}
+    if name.lower() in by_lower:
+        return profiles[by_lower[name.lower()]]
+    if name.lower() == "cpu":
+        return cpu_profile(measure_seconds)
+    choices = [*profiles, "cpu"]
+    close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(by_lower.get(c, c) for c in close)}?" if close else ""
+    raise UserError(f"unknown hardware {name!r}{hint} (known: {', '.join(choices)})")
+
+
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CpuPeak:
+    model_name: str
+    threads: int
+    flops: dict[str, float]  # best measured FLOP/s by precision
+    seconds: float  # how long the measurement took
+
+
+_cpu_peak: CpuPeak | None = None
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def measure_cpu_peak(seconds: float = 2.0, size: int = 2048, refresh: bool = False) -> CpuPeak:
+    """Best-of-n FLOP/s of size×size matmuls in fp32 and bf16, spending about `seconds` in all.
+
+    Cached for the process: later calls return the first measurement unless `refresh`.
+    """
+    global _cpu_peak
+    if _cpu_peak is not None and not refresh:
+        return _cpu_peak
+    import torch
+
+    start = time.perf_counter()
+    flops: dict[str, float] = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        deadline = time.perf_counter() + seconds / 2
+        best = float("inf")
+        with torch.inference_mode():
+            torch.matmul(a, b)  # warm-up: thread pool, kernel selection
+            while True:
+                tick = time.perf_counter()
+                torch.matmul(a, b)
+                best = min(best, time.perf_counter() - tick)
+                if time.perf_counter() >= deadline:
+                    break
+        flops[precision] = 2 * size**3 / best
+    _cpu_peak = CpuPeak(cpu_model_name(), torch.get_num_threads(), flops, time.perf_counter() - start)
+    return _cpu_peak
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def cpu_profile(seconds: float = 2.0) -> Hardware:
+    """This machine as a `Hardware` profile (see the module docstring for the power and price figures)."""
+    peak = measure_cpu_peak(seconds)
+    return Hardware(
+        name="cpu",
+        peak_flops=dict(peak.flops),
+        memory_bytes=_memory_bytes(),
+        power_w=CPU_WATTS_PER_CORE * peak.threads,
+        usd_per_hour=CPU_USD_PER_CORE_HOUR * peak.threads,
+        mfu=min(CPU_MFU.values()),
+        mfu_by_precision=dict(CPU_MFU),
+        generation_mfu=CPU_GENERATION_MFU,
+        source=f"measured: {peak.threads} threads of {peak.model_name}, best {_describe(peak)}",
+        details={"cpu_model": peak.model_name, "threads": peak.threads},
+    )
+
+
+def _describe(peak: CpuPeak) -> str:
+    return ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in peak.flops.items()) + f" in {peak.seconds:.1f}s"
+
+
+__all__ = ["BYTES_PER_ELEMENT", "CpuPeak", "Hardware", "cpu_profile", "get_hardware", "load_profiles",
+           "measure_cpu_peak"]
