@@ -13,9 +13,10 @@ import sys
 
 from frugal_r1.errors import UserError
 
-# (module, one-line help) in the order `--help` shows them.
+# Subcommand modules, in the order `--help` lists them.
 COMMANDS: list[str] = [
     "frugal_r1.demo",
+    "frugal_r1.train.cli",
     "frugal_r1.cost.cli",
 ]
 

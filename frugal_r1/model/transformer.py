@@ -101,7 +101,13 @@ class DeepSeekV3(nn.Module):
     # --------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                cache: LatentCache | None = None, logits_to_keep: int | None = None) -> ModelOutput:
+                cache: LatentCache | None = None, logits_to_keep: int | None = None,
+                loss_denominator: float | None = None) -> ModelOutput:
+        """Logits for every position (or the last `logits_to_keep`), and the losses when labels are given.
+
+        Cross-entropies are means over the target tokens, or sums divided by `loss_denominator` when it
+        is given (the trainer passes the token count of the whole step, over micro-batches and ranks).
+        """
         batch, seq = input_ids.shape
         if position_ids is None:
             start = cache.length if cache is not None else 0
@@ -124,14 +130,14 @@ class DeepSeekV3(nn.Module):
         logits = self.lm_head(self.norm(kept))
         out = ModelOutput(logits=logits, hidden=hidden)
         if labels is not None:
-            self._add_losses(out, input_ids, labels, doc_ids, cos, sin, mask)
+            self._add_losses(out, input_ids, labels, doc_ids, cos, sin, mask, loss_denominator)
         return out
 
-    def _add_losses(self, out: ModelOutput, input_ids, labels, doc_ids, cos, sin, mask) -> None:
-        out.lm_loss = _cross_entropy(out.logits, labels)
+    def _add_losses(self, out: ModelOutput, input_ids, labels, doc_ids, cos, sin, mask, denominator) -> None:
+        out.lm_loss = _cross_entropy(out.logits, labels, denominator)
         out.loss = out.lm_loss
         if self.mtp and self.config.mtp_loss_weight > 0:
-            out.mtp_loss = self._mtp_loss(out.hidden, input_ids, labels, doc_ids, cos, sin, mask)
+            out.mtp_loss = self._mtp_loss(out.hidden, input_ids, labels, doc_ids, cos, sin, mask, denominator)
             if out.mtp_loss is not None:
                 out.loss = out.loss + self.config.mtp_loss_weight * out.mtp_loss
         aux = [m.aux_loss for m in self.moe_layers() if self.training and m.aux_loss is not None]
@@ -139,7 +145,7 @@ class DeepSeekV3(nn.Module):
             out.aux_loss = torch.stack(aux).sum()
             out.loss = out.loss + out.aux_loss
 
-    def _mtp_loss(self, hidden, input_ids, labels, doc_ids, cos, sin, mask) -> torch.Tensor | None:
+    def _mtp_loss(self, hidden, input_ids, labels, doc_ids, cos, sin, mask, denominator) -> torch.Tensor | None:
         losses = []
         seq = input_ids.shape[1]
         for depth, module in enumerate(self.mtp, start=1):
@@ -153,7 +159,7 @@ class DeepSeekV3(nn.Module):
             hidden = module(hidden[:, :keep], self.embed_tokens(input_ids[:, depth:]), cos[:, :keep],
                             sin[:, :keep], sub_mask)
             logits = self.lm_head(module.shared_head.norm(hidden))
-            losses.append(_cross_entropy(logits, target))
+            losses.append(_cross_entropy(logits, target, denominator))
         return torch.stack(losses).mean() if losses else None
 
     def mtp_logits(self, depth: int, hidden: torch.Tensor, next_ids: torch.Tensor, position_ids: torch.Tensor,
@@ -189,9 +195,12 @@ def _document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in float32 over labels != -100 (0 when there are none)."""
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Next-token cross-entropy in float32 over labels != -100: the mean, or the sum / denominator."""
     flat_labels = labels.reshape(-1)
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    if denominator is not None:
+        return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="sum") / denominator
     if not (flat_labels != -100).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=-100)
+    return F.cross_entropy(flat_logits, flat_labels, ignore_index=-100)

@@ -1,0 +1,84 @@
+"""Data parallelism from outside the model: torchrun environment → process group → DDP wrapper.
+
+`frugal-r1 pretrain` under `torchrun --nproc_per_node=N` runs N ranks (gloo on CPU, nccl on GPU). Each
+rank trains on a disjoint shard of the same global batch; DDP averages gradients; rank 0 alone writes
+files. MoE expert loads are summed over ranks before the gate-bias update, so every rank moves its
+biases identically (DDP's buffer broadcast is off: it would overwrite each rank's load counts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup() -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch_dist.init_process_group(backend=backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return DistInfo(rank=torch_dist.get_rank(), world_size=world, local_rank=local)
+
+
+def teardown() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, broadcast_buffers=False)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and hasattr(model, "require_backward_grad_sync") else model
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def sum_expert_loads(model: torch.nn.Module, info: DistInfo) -> None:
+    """Sum every MoE layer's expert_load over ranks (in place), before update_gate_biases."""
+    if not info.enabled or not hasattr(model, "moe_layers"):
+        return
+    layers = model.moe_layers()
+    if not layers:
+        return
+    flat = torch.cat([m.expert_load for m in layers])
+    torch_dist.all_reduce(flat, op=torch_dist.ReduceOp.SUM)
+    for moe, chunk in zip(layers, flat.split([m.expert_load.numel() for m in layers])):
+        moe.expert_load.copy_(chunk)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        torch_dist.barrier()

@@ -1,0 +1,227 @@
+"""Run configuration: dataclasses loaded from a TOML recipe and overridden from the command line.
+
+A stage (pretrain, sft, grpo) is configured by four sections:
+
+    [model]   preset = "small" plus any ModelConfig field (num_hidden_layers = 4, …)
+    [data]    tasks, per-task reasoning-gym config, sequence length, batch size, tokenizer
+    [train]   optimizer, schedule, precision, steps, checkpoints, evaluation
+    [ledger]  hardware profile and price used for the cost ledger
+
+A recipe file either holds those sections at its top level (one stage) or one table per stage —
+`[pretrain.train]`, `[sft.data]`, … — optionally with shared `[model]`/`[data]`/`[ledger]` defaults at the
+top. `--set section.key=value` overrides any field; the value is read as TOML (`3e-4`, `true`,
+`["a", "b"]`) and falls back to a plain string. Unknown sections and keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from frugal_r1.errors import UserError
+from frugal_r1.model.config import PRESETS, ModelConfig, preset
+
+
+@dataclass
+class DataConfig:
+    tasks: list[str] = field(default_factory=lambda: ["chain_sum"])
+    task_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # reasoning-gym kwargs per task
+    task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task (default 1)
+    seq_len: int = 256
+    batch_size: int = 16
+    tokenizer: str | None = None  # a tokenizer directory; None: train one (pretrain) or use --init's
+    vocab_size: int = 2048  # for a tokenizer trained by pretrain
+    tokenizer_documents: int = 4000  # documents the tokenizer is trained on
+    eval_seed_offset: int = 1_000_003  # held-out rows come from reasoning-gym seed (seed + offset)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr × min_lr_ratio
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    decay_fraction: float = 0.2  # wsd: the final fraction of steps that decays
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0 disables
+    grad_accum: int = 1
+    bf16: bool = True  # bf16 autocast with fp32 master weights
+    seed: int = 0
+    save_every: int = 0  # steps between checkpoints (0: only the final one)
+    keep_last: int = 2
+    eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
+    eval_batches: int = 4
+    log_every: int = 1
+    max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
+    threads: int = 0  # torch threads (0: torch's default)
+
+
+@dataclass
+class LedgerConfig:
+    hardware: str = "auto"  # a profile name from the hardware table, or auto (this machine)
+    price_per_hour: float | None = None  # overrides the profile's price
+    power_watts: float | None = None  # overrides the profile's power
+
+
+@dataclass
+class StageConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+
+    def model_config(self, **fixed: Any) -> ModelConfig:
+        """The ModelConfig this stage describes; `fixed` (e.g. vocab_size) wins over the recipe."""
+        values = dict(self.model)
+        name = values.pop("preset", "tiny")
+        if name not in PRESETS:
+            raise UserError(f"model.preset: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown model key(s): {_suggest(unknown, known)}")
+        try:
+            return preset(name, **{**values, **fixed})
+        except ValueError as error:
+            raise UserError(f"model.{error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": None, "data": DataConfig, "train": TrainConfig, "ledger": LedgerConfig}
+STAGES = ("pretrain", "sft", "grpo")
+
+
+def load_stage(stage: str, path: str | Path | None = None, overrides: list[str] = (),
+               section_types: dict[str, type] | None = None) -> StageConfig:
+    """The config of `stage` from an optional recipe file, then `--set` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_recipe(path, stage)
+    for item in overrides:
+        key, value = parse_override(item)
+        section, _, name = key.partition(".")
+        if not name:
+            raise UserError(f"--set {item}: use section.key=value (e.g. train.lr=3e-4)")
+        raw.setdefault(section, {})
+        _set_dotted(raw[section], name, value)
+    return build_stage(raw, section_types)
+
+
+def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found")
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: invalid TOML: {error}") from None
+    shared = {k: v for k, v in recipe.items() if k not in STAGES}
+    merged = {section: dict(values) for section, values in shared.items() if isinstance(values, dict)}
+    for key in shared:
+        if key not in SECTIONS and key not in ("speedrun",):
+            raise UserError(f"{path}: unknown section [{key}]; expected {_names(list(SECTIONS) + list(STAGES))}")
+    for section, values in recipe.get(stage, {}).items():
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: [{stage}] must contain tables like [{stage}.train], got key {section!r}")
+        merged[section] = {**merged.get(section, {}), **values}
+    merged.pop("speedrun", None)
+    return merged
+
+
+def build_stage(raw: dict[str, Any], section_types: dict[str, type] | None = None) -> StageConfig:
+    types = {**SECTIONS, **(section_types or {})}
+    unknown = sorted(set(raw) - set(types))
+    if unknown:
+        raise UserError(f"unknown config section(s): {_suggest(unknown, types)}")
+    cfg = StageConfig()
+    for section, values in raw.items():
+        if section == "model":
+            cfg.model = {**cfg.model, **values}
+            cfg.model_config()  # validate now: a bad model key fails before any work
+            continue
+        current = getattr(cfg, section, None) or types[section]()
+        setattr(cfg, section, _update(current, values, section))
+    return cfg
+
+
+def _update(obj: Any, values: dict[str, Any], section: str) -> Any:
+    hints = get_type_hints(type(obj))
+    known = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown key(s) in [{section}]: {_suggest(unknown, known, prefix=section + '.')}")
+    changes = {}
+    for name, value in values.items():
+        changes[name] = _coerce(value, hints[name], f"{section}.{name}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    if text in ("float", "float | None"):
+        if value is None and "None" in text:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif text in ("int", "int | None"):
+        if value is None and "None" in text:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif text == "bool":
+        if isinstance(value, bool):
+            return value
+    elif text in ("str", "str | None"):
+        if value is None and "None" in text:
+            return None
+        if isinstance(value, str):
+            return value
+    elif text.startswith("list"):
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [value]
+    elif text.startswith("dict"):
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise UserError(f"{name}: expected {text}, got {value!r}")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value
+
+
+def _set_dotted(target: dict[str, Any], name: str, value: Any) -> None:
+    *parents, last = name.split(".")
+    for parent in parents:
+        target = target.setdefault(parent, {})
+    target[last] = value
+
+
+def _suggest(unknown: list[str], known, prefix: str = "") -> str:
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        parts.append(f"{prefix}{name}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+    return ", ".join(parts)
+
+
+def _names(names) -> str:
+    return ", ".join(f"[{n}]" for n in names)

@@ -1,0 +1,161 @@
+"""Running a pretrain or SFT stage end to end: config → tokenizer → model → data → loop → run directory.
+
+The run directory (`--out`) receives everything: `run_config.json` (the resolved config), `tokenizer/`,
+`checkpoints/`, `metrics.jsonl`, `tensorboard/`, `ledger.json`, and `final/` — a model directory that
+transformers' AutoModelForCausalLM and AutoTokenizer load. An existing non-empty `--out` is continued only
+with `--resume`; otherwise the command refuses rather than overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from frugal_r1 import dist
+from frugal_r1.atomic import atomic_write_bytes
+from frugal_r1.data import Packer
+from frugal_r1.errors import UserError
+from frugal_r1.ledger import Ledger, resolve_hardware
+from frugal_r1.model.transformer import DeepSeekV3
+from frugal_r1.recipe import StageConfig
+from frugal_r1.tokenizer import (encode_pretrain_document, encode_sft_example, load_tokenizer, save_tokenizer,
+                                 train_tokenizer)
+from frugal_r1.train.corpus import open_tasks, pretrain_documents, sft_pairs
+from frugal_r1.train.lm_stage import LMStage
+from frugal_r1.train.loop import Trainer
+
+
+@dataclass
+class StageResult:
+    out_dir: Path
+    final_dir: Path
+    eval: dict[str, float]
+    ledger: dict
+
+
+def prepare_out_dir(out: str | Path, resume: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UserError(f"--out {out} exists and is not empty; pass --resume to continue it or choose another --out")
+    if resume and not (out / "run_config.json").exists():
+        raise UserError(f"--resume: {out} holds no run to continue (no run_config.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = False,
+                 init: str | None = None) -> StageResult:
+    """kind is "pretrain" or "sft"."""
+    info = dist.setup()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out_dir = prepare_out_dir(out, resume) if info.is_main else Path(out)
+    dist.barrier(info)
+    if resume:
+        saved = json.loads((out_dir / "run_config.json").read_text())
+        if saved.get("config") != cfg.to_dict() or saved.get("init") != init:
+            raise UserError(f"--resume: the config differs from the one {out_dir} was started with "
+                            f"(see {out_dir / 'run_config.json'})")
+    if kind == "sft" and (init is None or not Path(init).is_dir()):
+        raise UserError(f"--init {init} is not a model directory" if init else "sft needs --init MODEL_DIR")
+    seed = cfg.train.seed
+    tasks = open_tasks(cfg.data, seed)
+    eval_seed = seed + cfg.data.eval_seed_offset
+    eval_tasks = open_tasks(cfg.data, eval_seed)
+
+    tokenizer = _tokenizer(kind, cfg, out_dir, init, tasks, seed, info)
+    if kind == "pretrain":
+        torch.manual_seed(seed)
+        vocab = _round_up(len(tokenizer), 64)
+        model_cfg = cfg.model_config(vocab_size=vocab, bos_token_id=tokenizer.bos_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = DeepSeekV3(model_cfg)
+        docs, eval_docs = pretrain_documents(tasks, cfg.data.task_weights, seed), \
+            pretrain_documents(eval_tasks, cfg.data.task_weights, eval_seed)
+        source = lambda i: encode_pretrain_document(tokenizer, docs(i))  # noqa: E731
+        eval_source = lambda i: encode_pretrain_document(tokenizer, eval_docs(i))  # noqa: E731
+    else:
+        model = DeepSeekV3.from_pretrained(init)
+        model_cfg = model.config
+        pairs, eval_pairs = sft_pairs(tasks, cfg.data.task_weights, seed), \
+            sft_pairs(eval_tasks, cfg.data.task_weights, eval_seed)
+        source = lambda i: encode_sft_example(tokenizer, *pairs(i))  # noqa: E731
+        eval_source = lambda i: encode_sft_example(tokenizer, *eval_pairs(i))  # noqa: E731
+    if cfg.data.seq_len > model_cfg.max_position_embeddings:
+        raise UserError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings "
+                        f"{model_cfg.max_position_embeddings}")
+
+    split = kind == "pretrain"
+    packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
+                    pad_id=tokenizer.pad_token_id, rank=info.rank, world_size=info.world_size)
+    eval_packer = Packer(eval_source, cfg.data.seq_len, cfg.data.batch_size, seed=eval_seed, split=split,
+                         pad_id=tokenizer.pad_token_id)
+    eval_batches = [eval_packer.next_batch() for _ in range(cfg.train.eval_batches)]
+    stage = LMStage(kind, model_cfg, packer, eval_batches, cfg.train.grad_accum)
+
+    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
+    ledger = Ledger(hardware, precision="bf16" if cfg.train.bf16 else "fp32", devices=info.world_size)
+    if info.is_main and not resume:
+        record = {"stage": kind, "init": init, "config": cfg.to_dict(), "model": model_cfg.to_dict(),
+                  "world_size": info.world_size, "threads": torch.get_num_threads()}
+        atomic_write_bytes(out_dir / "run_config.json", json.dumps(record, indent=2).encode())
+
+    trainer = Trainer(model, stage, cfg.train, out_dir, ledger, info)
+    try:
+        final_eval = trainer.run(resume=resume)
+        final_dir = out_dir / "final"
+        summary = ledger.summary()
+        if info.is_main:
+            model.save_pretrained(final_dir)
+            save_tokenizer(tokenizer, final_dir)
+            ledger.write(out_dir / "ledger.json", kind, {"steps": trainer.step, "final_eval": final_eval})
+            print(ledger.line(kind))
+        dist.barrier(info)
+    finally:
+        dist.teardown()
+    return StageResult(out_dir, final_dir, final_eval, summary)
+
+
+def _tokenizer(kind, cfg: StageConfig, out_dir: Path, init, tasks, seed, info: dist.DistInfo):
+    if cfg.data.tokenizer:
+        return load_tokenizer(cfg.data.tokenizer)
+    if kind == "sft":
+        return load_tokenizer(init) if init else None
+    saved = out_dir / "tokenizer"
+    if info.is_main and not (saved / "tokenizer.json").exists():
+        docs = pretrain_documents(tasks, cfg.data.task_weights, seed + 7919)
+        texts = (docs(i) for i in range(cfg.data.tokenizer_documents))
+        tokenizer = train_tokenizer(texts, cfg.data.vocab_size, model_max_length=cfg.data.seq_len)
+        save_tokenizer(tokenizer, saved)
+    dist.barrier(info)
+    return load_tokenizer(saved)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def apply_common_flags(cfg: StageConfig, args) -> StageConfig:
+    """--preset/--task/--steps/--seed/--save-every flags override the recipe."""
+    if getattr(args, "preset", None):
+        cfg.model = {**cfg.model, "preset": args.preset}
+        cfg.model_config()
+    if getattr(args, "task", None):
+        cfg.data.tasks = list(args.task)
+    if getattr(args, "steps", None) is not None:
+        if args.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {args.steps}")
+        cfg.train.steps = args.steps
+    if getattr(args, "seed", None) is not None:
+        cfg.train.seed = args.seed
+    if getattr(args, "save_every", None) is not None:
+        cfg.train.save_every = args.save_every
+    if os.environ.get("FRUGAL_R1_THREADS"):
+        cfg.train.threads = int(os.environ["FRUGAL_R1_THREADS"])
+    return cfg
