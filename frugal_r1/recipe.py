@@ -6,6 +6,7 @@ A stage (pretrain, sft, grpo) is configured by four sections:
     [data]    tasks, per-task reasoning-gym config, sequence length, batch size, tokenizer
     [train]   optimizer, schedule, precision, steps, checkpoints, evaluation
     [ledger]  hardware profile and price used for the cost ledger
+    [rl]      GRPO only: group size, clipping, KL, aggregation, rewards, health checks
 
 A recipe file either holds those sections at its top level (one stage) or one table per stage —
 `[pretrain.train]`, `[sft.data]`, … — optionally with shared `[model]`/`[data]`/`[ledger]` defaults at the
@@ -59,6 +60,8 @@ class TrainConfig:
     eval_batches: int = 4
     log_every: int = 1
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
+    nan_action: str = "auto"  # skip (up to max_bad_steps) | rollback (to the last checkpoint, stop) | auto:
+    # skip for pretrain/SFT, rollback for GRPO
     threads: int = 0  # torch threads (0: torch's default)
 
 
@@ -70,11 +73,43 @@ class LedgerConfig:
 
 
 @dataclass
+class RLConfig:
+    """GRPO (the `grpo` stage's [rl] section); see frugal_r1/train/grpo_loss.py for the math."""
+
+    group_size: int = 8  # G completions per prompt
+    prompts_per_step: int = 8  # prompts per rollout batch (per rank)
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28  # > epsilon_low: DAPO's clip-higher
+    beta: float = 0.0  # k3 KL weight; 0 loads no reference model
+    aggregation: str = "token"  # sequence (GRPO) | token (DAPO) | constant (Dr. GRPO)
+    advantage_scale: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    updates: int = 1  # μ optimizer steps per rollout batch
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
+    max_sampling_rounds: int = 3  # dynamic sampling: rollout rounds tried to fill a batch
+    overlong: str = "none"  # none | mask (truncated completions get no loss) | penalty (soft length reward)
+    overlong_buffer: int = 64  # penalty: tokens before max_new_tokens where the penalty ramps to -1
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.1})
+    language_script: str = "LATIN"  # target script of the language-consistency reward
+    prompt_format: str = "chat"  # chat | r1_zero
+    eval_n: int = 50  # held-out problems per task at each evaluation
+    eval_samples: int = 4
+    samples_every: int = 10  # rollouts between samples.md entries (0: never)
+    samples_count: int = 2
+    entropy_floor: float = 0.0  # stop when mean token entropy falls below (0: off)
+    length_floor: float = 0.0  # stop when mean completion length (tokens) falls below (0: off)
+    on_collapse: str = "stop"  # stop | rollback (to the last checkpoint, then stop)
+
+
+@dataclass
 class StageConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def model_config(self, **fixed: Any) -> ModelConfig:
         """The ModelConfig this stage describes; `fixed` (e.g. vocab_size) wins over the recipe."""
@@ -95,7 +130,7 @@ class StageConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": None, "data": DataConfig, "train": TrainConfig, "ledger": LedgerConfig}
+SECTIONS = {"model": None, "data": DataConfig, "train": TrainConfig, "ledger": LedgerConfig, "rl": RLConfig}
 STAGES = ("pretrain", "sft", "grpo")
 
 

@@ -1,8 +1,8 @@
-"""`frugal-r1 pretrain` and `frugal-r1 sft`: the command-line faces of run.py.
+"""`frugal-r1 pretrain`, `sft` and `grpo`: the command-line faces of run.py and grpo_run.py.
 
 Both take the same flags: a recipe (`--config`), overrides (`--set section.key=value`), and the common
 shortcuts (`--preset`, `--task`, `--steps`, `--seed`, `--save-every`), plus `--out` and `--resume`;
-`sft` also `--init MODEL_DIR`. The same commands run data-parallel under `torchrun --nproc_per_node=N`.
+`sft` and `grpo` also `--init MODEL_DIR`. The same commands run data-parallel under `torchrun --nproc_per_node=N`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_stage_flags(sft)
     sft.add_argument("--init", required=True, metavar="MODEL_DIR", help="the model to start from")
     sft.set_defaults(func=lambda args: _run("sft", args))
+    grpo = subparsers.add_parser("grpo", help="GRPO with verifiable rewards (R1-Zero) on a frugal-r1 or transformers model")
+    add_stage_flags(grpo)
+    grpo.add_argument("--init", required=True, metavar="MODEL_DIR", help="the policy to start from")
+    grpo.set_defaults(func=lambda args: _run("grpo", args))
 
 
 def _run(kind: str, args: argparse.Namespace) -> int:
     from frugal_r1.train.run import apply_common_flags, run_lm_stage
 
     cfg = apply_common_flags(load_stage(kind, args.config, args.set), args)
-    run_lm_stage(kind, cfg, args.out, resume=args.resume, init=getattr(args, "init", None))
+    if kind == "grpo":
+        from frugal_r1.train.grpo_run import run_grpo
+
+        run_grpo(cfg, args.out, args.init, resume=args.resume)
+    else:
+        run_lm_stage(kind, cfg, args.out, resume=args.resume, init=getattr(args, "init", None))
     return 0

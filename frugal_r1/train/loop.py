@@ -176,6 +176,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for moe in getattr(self.model, "moe_layers", list)():
                 moe.expert_load.zero_()
+            if cfg.nan_action == "rollback" or (cfg.nan_action == "auto" and self.stage.name == "grpo"):
+                self.rollback_and_stop(f"loss is {loss_value} at step {self.step + 1}")
             self.bad_steps += 1
             print(f"[{self.stage.name}] step {self.step + 1}: loss is {loss_value}; step skipped "
                   f"({self.bad_steps}/{cfg.max_bad_steps} in a row)")
@@ -199,11 +201,30 @@ class Trainer:
         self.step += 1
 
         seconds = time.perf_counter() - started
-        self.ledger.add(tokens, tokens * flops_per_token)
-        achieved = tokens * flops_per_token / seconds
-        return {"step": self.step, "loss": loss_value, **parts, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens": tokens, "tokens_per_second": tokens / seconds, "step_seconds": seconds,
-                "mfu": achieved / self.ledger.peak, "usd": self.ledger.dollars_so_far(), **load_stats}
+        step_flops = tokens * flops_per_token + (self.stage.extra_flops() if hasattr(self.stage, "extra_flops") else 0)
+        self.ledger.add(tokens, step_flops)
+        record = {"step": self.step, "loss": loss_value, **parts, "lr": lr, "grad_norm": float(grad_norm),
+                  "tokens": tokens, "tokens_per_second": tokens / seconds, "step_seconds": seconds,
+                  "mfu": step_flops / seconds / self.ledger.peak, "usd": self.ledger.dollars_so_far(), **load_stats}
+        if hasattr(self.stage, "step_metrics"):
+            record.update(self.stage.step_metrics(record))
+        if hasattr(self.stage, "health"):
+            problem = self.stage.health(record)
+            if problem:
+                if self.stage.on_collapse == "rollback":
+                    self.rollback_and_stop(problem)
+                self.save()
+                raise RunStopped(f"{problem}; stopped at step {self.step} (checkpoint saved)")
+        return record
+
+    def rollback_and_stop(self, problem: str) -> None:
+        """Restore the newest checkpoint's weights (or keep the current ones if none) and stop the run."""
+        path = latest_checkpoint(self.out_dir)
+        if path is not None:
+            state = load_checkpoint(path, self.model)
+            self.step = state["step"]
+            raise RunStopped(f"{problem}; rolled back to checkpoint {path.name} and stopped")
+        raise RunStopped(f"{problem}; no checkpoint to roll back to, stopped")
 
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -1,0 +1,83 @@
+"""A policy for GRPO: frugal-r1's DeepSeek-V3 or any local transformers causal LM, behind one interface.
+
+What GRPO needs from a policy: a module to optimise, a generation backend sharing its weights, the
+prompt text for a task row (our R1 chat format, the tokenizer's own chat template for other models, or
+the R1-Zero template), per-token log-probabilities and entropies of given completions, and a way to save
+a model directory. Sequences are right-padded prompt + completion, so causal attention never sees
+padding and positions are plain 0…T-1 for both kinds of model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frugal_r1.chat import r1_zero_prompt, render_chat
+from frugal_r1.errors import UserError
+from frugal_r1.generate.backend import load_local_tokenizer
+
+
+class Policy:
+    def __init__(self, module: torch.nn.Module, tokenizer: Any, kind: str):
+        self.module, self.tokenizer, self.kind = module, tokenizer, kind
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        config = path / "config.json"
+        if not config.is_file():
+            raise UserError(f"--init {path} is not a model directory (no config.json)")
+        tokenizer = load_local_tokenizer(path)
+        if json.loads(config.read_text()).get("model_type") == "deepseek_v3":
+            from frugal_r1.model.transformer import DeepSeekV3
+
+            return cls(DeepSeekV3.from_pretrained(path), tokenizer, "frugal")
+        from transformers import AutoModelForCausalLM
+
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(module, tokenizer, "hf")
+
+    def backend(self):
+        from frugal_r1.generate import Engine, HFBackend
+
+        return Engine(self.module, self.tokenizer) if self.kind == "frugal" else HFBackend(self.module, self.tokenizer)
+
+    @property
+    def context_length(self) -> int:
+        config = self.module.config
+        return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    def prompt(self, row: dict[str, Any], prompt_format: str = "chat") -> str:
+        question = row["prompt"]
+        messages = question if isinstance(question, list) else [{"role": "user", "content": str(question)}]
+        if prompt_format == "r1_zero":
+            users = [m["content"] for m in messages if m.get("role") == "user"]
+            return (self.tokenizer.bos_token or "") + r1_zero_prompt(users[-1] if users else "")
+        if prompt_format != "chat":
+            raise UserError(f"grpo.prompt_format must be chat or r1_zero, got {prompt_format!r}")
+        if self.kind == "frugal":
+            return render_chat(messages, add_generation_prompt=True)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError("the policy's tokenizer has no chat template; use grpo.prompt_format = \"r1_zero\"")
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def token_logprobs(self, model: torch.nn.Module, input_ids: torch.Tensor,
+                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log π(x_{t+1} | x_≤t) for t = 0…T-2: [B, T-1] (and the entropies of those distributions)."""
+        logits = model(input_ids).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = -(logp.exp() * logp).sum(-1)
+        return chosen, entropy
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.module.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
