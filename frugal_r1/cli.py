@@ -18,6 +18,7 @@ COMMANDS: list[str] = [
     "frugal_r1.demo",
     "frugal_r1.train.cli",
     "frugal_r1.cost.cli",
+    "frugal_r1.eval_cli",
 ]
 
 
