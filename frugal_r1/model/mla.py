@@ -75,9 +75,12 @@ class MLA(nn.Module):
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, self.num_heads, -1)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
+        pad = q.shape[-1] - self.v_dim
+        if pad > 0:  # equal head dims let SDPA use its fused (flash) CPU kernel: 2-3× faster than the math path
+            v = F.pad(v, (0, pad))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                              scale=self.softmax_scale)
-        return out.transpose(1, 2)
+        return out[..., : self.v_dim].transpose(1, 2)
 
     def _absorbed(self, q_nope, q_pe, ckv, k_pe, mask) -> torch.Tensor:
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)

@@ -128,7 +128,7 @@ class Trainer:
         self.ledger.start()
         flops_per_token = self.stage.flops_per_token()
         try:
-            with _progress(self.info.is_main, self.stage.name, cfg.steps, self.step) as progress:
+            with _progress(self.info.is_main, self.stage.name, cfg.steps, self.step, cfg.log_every) as progress:
                 while self.step < cfg.steps:
                     record = self._train_step(flops_per_token)
                     if record is None:
@@ -259,12 +259,19 @@ def _load_stats(model: torch.nn.Module) -> dict[str, float]:
 class _progress:
     """A rich progress bar on rank 0 (plain lines when stdout is not a terminal)."""
 
-    def __init__(self, enabled: bool, name: str, total: int, start: int):
+    def __init__(self, enabled: bool, name: str, total: int, start: int, plain_every: int = 10):
         self.enabled, self.name, self.total, self.start = enabled, name, total, start
         self._progress = None
+        self._plain = False
+        self._plain_every = plain_every
+        self._started = time.perf_counter()
 
     def __enter__(self) -> "_progress":
-        if self.enabled:
+        import sys
+
+        if self.enabled and not sys.stdout.isatty():
+            self._plain = True  # logs and CI: a line every few steps instead of a redrawn bar
+        elif self.enabled:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
@@ -279,6 +286,13 @@ class _progress:
         return self
 
     def update(self, record: dict[str, Any], ledger: Ledger) -> None:
+        step = record["step"]
+        if self._plain and (step % self._plain_every == 0 or step == self.total):
+            elapsed = time.perf_counter() - self._started
+            eta = elapsed / max(1, step - self.start) * (self.total - step)
+            print(f"[{self.name}] step {step}/{self.total} loss {record['loss']:.4f} "
+                  f"{record['tokens_per_second']:,.0f} tok/s MFU {record['mfu']:.1%} "
+                  f"ETA {eta / 60:.1f} min ${ledger.dollars_so_far():.4f}", flush=True)
         if self._progress is None:
             return
         self._progress.update(self._task, completed=record["step"], loss=f"{record['loss']:.3f}",

@@ -131,7 +131,8 @@ def _tokenizer(kind, cfg: StageConfig, out_dir: Path, init, tasks, seed, info: d
     if info.is_main and not (saved / "tokenizer.json").exists():
         docs = pretrain_documents(tasks, cfg.data.task_weights, seed + 7919)
         texts = (docs(i) for i in range(cfg.data.tokenizer_documents))
-        tokenizer = train_tokenizer(texts, cfg.data.vocab_size, model_max_length=cfg.data.seq_len)
+        tokenizer = train_tokenizer(texts, cfg.data.vocab_size,
+                                    model_max_length=cfg.model_config().max_position_embeddings)
         save_tokenizer(tokenizer, saved)
     dist.barrier(info)
     return load_tokenizer(saved)
