@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from frugal_r1 import dist
+from frugal_r1.chat import ANSWER_END
 from frugal_r1.generate import SamplingParams
 from frugal_r1.recipe import RLConfig
 from frugal_r1.rewards.functions import BUILT_IN, RewardFn, combine, length_penalty
@@ -143,10 +144,10 @@ class GRPOStage:
 
         report = evaluate(self.policy.backend(), self.eval_tasks, n=self.rl.eval_n, samples=self.rl.eval_samples,
                           temperature=0.6, top_p=0.95, max_new_tokens=self.rl.max_new_tokens, seed=self.seed,
-                          prompt_fn=lambda row: self.policy.prompt(row, self.rl.prompt_format), progress=False)
+                          prompt_format=self.rl.prompt_format, batch_size=64, progress=False)
         self.policy.module.train()
-        result = {f"eval_pass@1/{task}": r.pass_at_1 for task, r in report.tasks.items()}
-        result["eval_pass@1"] = report.mean_pass_at_1
+        result = {f"eval_pass@1/{t.task}": t.pass_at_1 for t in report.tasks}
+        result["eval_pass@1"] = report.pass_at_1
         result.update(self._reward_hacking_warning(result["eval_pass@1"]))
         self.previous_eval = {"eval_pass@1": result["eval_pass@1"], "train_reward": self._recent_train_reward()}
         return result
@@ -183,14 +184,15 @@ class GRPOStage:
             prompts = [policy.prompt(row, rl.prompt_format) for row in rows]
             seed = hash((self.seed, self.rollout_index, self.info.rank, round_)) % (2**31)
             params = SamplingParams(temperature=rl.temperature, top_p=rl.top_p, max_new_tokens=rl.max_new_tokens,
-                                    n=rl.group_size, seed=seed)
+                                    n=rl.group_size, seed=seed,
+                                    stop_strings=(ANSWER_END,) if rl.prompt_format == "r1_zero" else ())
             self.policy.module.eval()
             completions = policy.backend().generate(prompts, params)
             self.policy.module.train()
             self._extra_flops += sum(len(c.prompt_ids) + len(c.token_ids) for c in completions) * 2 * _matmul_params(policy)
             tick = time.perf_counter()
             by_row = [rows[c.prompt_index] for c in completions]
-            texts = [c.text or "" for c in completions]
+            texts = [(c.text or "") + (ANSWER_END if c.stop == ANSWER_END else "") for c in completions]
             total, values = combine(self.rewards, rl.rewards, [prompts[c.prompt_index] for c in completions], texts,
                                     row=by_row, num_tokens=[len(c.token_ids) for c in completions],
                                     finish_reason=[c.finish_reason for c in completions], script=rl.language_script)

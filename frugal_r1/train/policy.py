@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from frugal_r1.chat import r1_zero_prompt, render_chat
 from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import load_local_tokenizer
 
@@ -53,18 +52,10 @@ class Policy:
         return int(getattr(config, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
     def prompt(self, row: dict[str, Any], prompt_format: str = "chat") -> str:
-        question = row["prompt"]
-        messages = question if isinstance(question, list) else [{"role": "user", "content": str(question)}]
-        if prompt_format == "r1_zero":
-            users = [m["content"] for m in messages if m.get("role") == "user"]
-            return (self.tokenizer.bos_token or "") + r1_zero_prompt(users[-1] if users else "")
-        if prompt_format != "chat":
-            raise UserError(f"grpo.prompt_format must be chat or r1_zero, got {prompt_format!r}")
-        if self.kind == "frugal":
-            return render_chat(messages, add_generation_prompt=True)
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise UserError("the policy's tokenizer has no chat template; use grpo.prompt_format = \"r1_zero\"")
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        """The row's prompt as the model sees it: the chat template (ours, or the tokenizer's own) or R1-Zero's."""
+        from frugal_r1.eval import task_prompt
+
+        return task_prompt(self.tokenizer, row["prompt"], prompt_format)
 
     def token_logprobs(self, model: torch.nn.Module, input_ids: torch.Tensor,
                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
