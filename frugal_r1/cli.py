@@ -15,10 +15,13 @@ from frugal_r1.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS: list[str] = [
+    "frugal_r1.speedrun.cli",
     "frugal_r1.demo",
     "frugal_r1.train.cli",
     "frugal_r1.cost.cli",
     "frugal_r1.eval_cli",
+    "frugal_r1.chat_cli",
+    "frugal_r1.serve.cli",
 ]
 
 

@@ -34,6 +34,7 @@ class DataConfig:
     task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task (default 1)
     seq_len: int = 256
     batch_size: int = 16
+    drop_long: bool = False  # SFT: skip (and count) examples longer than seq_len instead of failing
     tokenizer: str | None = None  # a tokenizer directory; None: train one (pretrain) or use --init's
     vocab_size: int = 2048  # for a tokenizer trained by pretrain
     tokenizer_documents: int = 4000  # documents the tokenizer is trained on

@@ -93,9 +93,10 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
 
     split = kind == "pretrain"
     packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
-                    pad_id=tokenizer.pad_token_id, rank=info.rank, world_size=info.world_size)
+                    drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id, rank=info.rank,
+                    world_size=info.world_size)
     eval_packer = Packer(eval_source, cfg.data.seq_len, cfg.data.batch_size, seed=eval_seed, split=split,
-                         pad_id=tokenizer.pad_token_id)
+                         drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id)
     eval_batches = [eval_packer.next_batch() for _ in range(cfg.train.eval_batches)]
     stage = LMStage(kind, model_cfg, packer, eval_batches, cfg.train.grad_accum)
 

@@ -1,0 +1,1 @@
+"""The speedrun: the whole R1 pipeline, random weights to a reasoning model, in 30 CPU minutes."""

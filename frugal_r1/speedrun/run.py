@@ -1,0 +1,151 @@
+"""`frugal-r1 speedrun`: random weights → a model that reasons, on a CPU, with a report card.
+
+The stages, each a normal run directory under --out, each rerunnable alone from the same recipe
+(`frugal-r1 pretrain --config recipes/speedrun.toml --out …`, `sft --init …`, `grpo --init …`):
+
+    pretrain/   tokenizer + the `small` DeepSeek-V3 (MLA + MoE + MTP) on reasoning traces
+    sft/        cold-start SFT in the chat format (init: pretrain/final)
+    eval_sft.json   held-out evaluation, R1 protocol (T 0.6, top-p 0.95, k samples, pass@1, cons@k)
+    grpo/       GRPO with verifiable rewards (init: sft/final)
+    eval_grpo.json
+    report.md, report.json, *.png, final/ (model + tokenizer, loadable by transformers)
+
+`--minutes M` scales every stage's step count by M / 30 (the recipe's counts are the 30-minute budget).
+`--resume` continues: finished stages (those with final/ and ledger.json) are kept, the stage in
+progress resumes from its last checkpoint. An existing non-empty --out is never overwritten silently.
+Held-out problems come from reasoning-gym seeds disjoint from every training seed (seed + eval offset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frugal_r1.atomic import atomic_write_bytes
+from frugal_r1.errors import UserError
+from frugal_r1.recipe import StageConfig, load_stage
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "speedrun.toml"
+BUDGET_MINUTES = 30.0
+
+
+@dataclass
+class SpeedrunConfig:
+    eval_n: int = 200  # held-out problems per task
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 768
+    eval_seed: int = 20_251_127  # reasoning-gym seed of the held-out set, far from the training seeds
+    examples: int = 3  # problems shown before/after GRPO in the report
+
+
+def load_speedrun_config(path: Path) -> SpeedrunConfig:
+    raw = tomllib.loads(path.read_text()).get("speedrun", {})
+    known = {f.name for f in dataclasses.fields(SpeedrunConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) in [speedrun]: {', '.join(unknown)}")
+    return SpeedrunConfig(**raw)
+
+
+def scaled(cfg: StageConfig, factor: float) -> StageConfig:
+    cfg.train.steps = max(1, int(round(cfg.train.steps * factor)))
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(0, cfg.train.steps // 5))
+    if cfg.train.save_every:
+        cfg.train.save_every = max(1, int(round(cfg.train.save_every * factor)))
+    if cfg.train.eval_every:
+        cfg.train.eval_every = max(1, int(round(cfg.train.eval_every * factor)))
+    return cfg
+
+
+def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str]) -> dict[str, StageConfig]:
+    factor = minutes / BUDGET_MINUTES
+    configs = {}
+    for stage in ("pretrain", "sft", "grpo"):
+        cfg = load_stage(stage, recipe, [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")])
+        cfg.train.seed = seed
+        configs[stage] = scaled(cfg, factor)
+    return configs
+
+
+def _finished(stage_dir: Path) -> bool:
+    return (stage_dir / "final" / "config.json").exists() and (stage_dir / "ledger.json").exists()
+
+
+def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES, resume: bool = False,
+                 recipe: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    from frugal_r1.train.grpo_run import run_grpo
+    from frugal_r1.train.run import run_lm_stage
+
+    recipe = Path(recipe) if recipe else DEFAULT_RECIPE
+    if not recipe.is_file():
+        raise UserError(f"recipe {recipe} not found")
+    if minutes <= 0:
+        raise UserError(f"--minutes must be > 0, got {minutes}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise UserError(f"--out {out} exists and is not empty; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = load_speedrun_config(recipe)
+    configs = stage_configs(recipe, seed, minutes, list(overrides))
+    plan = {"seed": seed, "minutes": minutes, "recipe": str(recipe), "overrides": list(overrides),
+            "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
+    plan_path = out / "speedrun.json"
+    if resume and plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+        raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
+    atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn) -> None:
+        directory = out / name
+        if _finished(directory):
+            print(f"[speedrun] {name}: already finished, kept")
+            return
+        tick = time.perf_counter()
+        fn(directory, resume and directory.exists() and any(directory.iterdir()))
+        timings[name] = time.perf_counter() - tick
+
+    stage("pretrain", lambda d, r: run_lm_stage("pretrain", configs["pretrain"], d, resume=r))
+    stage("sft", lambda d, r: run_lm_stage("sft", configs["sft"], d, resume=r, init=str(out / "pretrain" / "final")))
+    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings, timings, "eval_sft")
+    stage("grpo", lambda d, r: run_grpo(configs["grpo"], d, init=str(out / "sft" / "final"), resume=r))
+    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings, timings,
+                               "eval_grpo")
+
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(out / "grpo" / "final", final)
+    from frugal_r1.speedrun.report import write_report
+
+    summary = write_report(out, configs, settings, eval_sft, eval_grpo, timings, time.perf_counter() - started)
+    print(f"[speedrun] done in {summary['wall_minutes']:.1f} min: report {out / 'report.md'}")
+    return summary
+
+
+def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig,
+                   timings: dict[str, float], name: str) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    from frugal_r1.eval import evaluate
+    from frugal_r1.generate import load_backend
+    from frugal_r1.tasks import load_task
+
+    tick = time.perf_counter()
+    tasks = [load_task(t, size=settings.eval_n, seed=settings.eval_seed, **cfg.data.task_config.get(t, {}))
+             for t in cfg.data.tasks]
+    report = evaluate(load_backend(model_dir), tasks, n=settings.eval_n, samples=settings.eval_samples,
+                      temperature=0.6, top_p=0.95, max_new_tokens=settings.eval_max_new_tokens,
+                      seed=settings.eval_seed, progress=True)
+    result = report.to_dict()
+    result["wall_seconds"] = time.perf_counter() - tick
+    timings[name] = result["wall_seconds"]
+    atomic_write_bytes(path, json.dumps(result, indent=2).encode())
+    return result

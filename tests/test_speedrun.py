@@ -1,0 +1,92 @@
+"""The speedrun end to end at toy size: every stage, both evaluations, the report, final/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frugal_r1.speedrun.run import DEFAULT_RECIPE, stage_configs
+
+TOY = """
+[model]
+preset = "tiny"
+[data]
+tasks = ["chain_sum", "countdown"]
+seq_len = 128
+batch_size = 4
+vocab_size = 400
+tokenizer_documents = 100
+[data.task_config.countdown]
+min_numbers = 3
+max_numbers = 3
+[pretrain.train]
+steps = 3
+eval_batches = 1
+[sft.data]
+seq_len = 256
+drop_long = true
+[sft.train]
+steps = 2
+eval_batches = 1
+[grpo.train]
+steps = 1
+[grpo.rl]
+group_size = 2
+prompts_per_step = 2
+max_new_tokens = 12
+eval_n = 2
+eval_samples = 1
+[speedrun]
+eval_n = 3
+eval_samples = 2
+eval_max_new_tokens = 12
+"""
+
+ENV = {**os.environ, "FRUGAL_R1_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def speedrun(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "frugal_r1.cli", "speedrun", *args], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def test_toy_speedrun_end_to_end(tmp_path):
+    recipe = tmp_path / "toy.toml"
+    recipe.write_text(TOY)
+    out = tmp_path / "run"
+    result = speedrun("--config", str(recipe), "--out", str(out), "--set", "pretrain:ledger.hardware=cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["after_grpo"]) == {"chain_sum", "countdown"}
+    assert set(report["ledgers"]) == {"pretrain", "sft", "grpo"} and report["usd"] > 0
+    for png in ("pretrain_loss.png", "grpo.png", "accuracy_vs_minutes.png"):
+        assert (out / png).stat().st_size > 1000
+    text = (out / "report.md").read_text()
+    assert "## Tasks" in text and "Before and after GRPO" in text and "predicted" in text
+    assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer.json").exists()
+    from transformers import AutoTokenizer
+    assert AutoTokenizer.from_pretrained(out / "final") is not None
+
+    refused = speedrun("--config", str(recipe), "--out", str(out))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = speedrun("--config", str(recipe), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu")
+    assert resumed.returncode == 0 and "already finished" in resumed.stdout
+
+
+def test_minutes_scale_every_stage():
+    base = stage_configs(DEFAULT_RECIPE, 0, 30, [])
+    double = stage_configs(DEFAULT_RECIPE, 0, 120, [])
+    for stage in ("pretrain", "sft", "grpo"):
+        assert double[stage].train.steps == pytest.approx(4 * base[stage].train.steps, abs=1)
+    assert base["pretrain"].model["preset"] == "small"
+    tasks = base["pretrain"].data
+    assert tasks.tasks == ["chain_sum", "basic_arithmetic", "leg_counting", "countdown", "puzzle24"]
+    assert tasks.task_config == {
+        "basic_arithmetic": {"max_digits": 2, "max_terms": 4},
+        "countdown": {"min_numbers": 3, "max_numbers": 4, "min_value": 1, "max_value": 50, "min_target": 10,
+                      "max_target": 100}}
