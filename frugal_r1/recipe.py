@@ -32,6 +32,9 @@ class DataConfig:
     tasks: list[str] = field(default_factory=lambda: ["chain_sum"])
     task_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # reasoning-gym kwargs per task
     task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task (default 1)
+    task_sizes: dict[str, int] = field(default_factory=dict)  # rows per task (default: an endless stream);
+    # a finite pool is reused with fresh traces, for generators too slow to draw a new problem every time
+    prefetch: int = 4  # batches made ahead on a background thread (0: none)
     seq_len: int = 256
     batch_size: int = 16
     drop_long: bool = False  # SFT: skip (and count) examples longer than seq_len instead of failing

@@ -33,9 +33,12 @@ def open_tasks(data: DataConfig, seed: int) -> list[Task]:
     unknown = sorted(set(data.task_config) - set(data.tasks))
     if unknown:
         raise UserError(f"data.task_config has entries for tasks not in data.tasks: {', '.join(unknown)}")
+    unsized = sorted(set(data.task_sizes) - set(data.tasks))
+    if unsized:
+        raise UserError(f"data.task_sizes has entries for tasks not in data.tasks: {', '.join(unsized)}")
     tasks = []
     for name in data.tasks:
-        size = None if name.startswith("jsonl:") else STREAM_SIZE
+        size = None if name.startswith("jsonl:") else data.task_sizes.get(name, STREAM_SIZE)
         tasks.append(load_task(name, size=size, seed=seed, **data.task_config.get(name, {})))
     return tasks
 

@@ -98,6 +98,10 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     eval_packer = Packer(eval_source, cfg.data.seq_len, cfg.data.batch_size, seed=eval_seed, split=split,
                          drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id)
     eval_batches = [eval_packer.next_batch() for _ in range(cfg.train.eval_batches)]
+    if cfg.data.prefetch:
+        from frugal_r1.prefetch import Prefetcher
+
+        packer = Prefetcher(packer, cfg.data.prefetch)
     stage = LMStage(kind, model_cfg, packer, eval_batches, cfg.train.grad_accum)
 
     hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
@@ -110,6 +114,8 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     trainer = Trainer(model, stage, cfg.train, out_dir, ledger, info)
     try:
         final_eval = trainer.run(resume=resume)
+        if hasattr(packer, "close"):
+            packer.close()
         final_dir = out_dir / "final"
         summary = ledger.summary()
         if info.is_main:
