@@ -15,7 +15,7 @@ from frugal_r1.eval import (EVAL_SEED, effective_size, evaluate, majority, norma
                             wilson_interval)
 from frugal_r1.generate.backend import Backend, Completion, SamplingParams
 from frugal_r1.tasks import load_task
-from tiny_model import build_tiny_model
+from tiny_model import one_thread, tiny_model_dir
 
 
 class _Tokenizer:
@@ -180,8 +180,9 @@ def test_bad_arguments_are_user_errors(abc_task):
 
 # --- the CLI on a real (tiny) model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_dir() -> Path:
+    with one_thread():
+        yield tiny_model_dir()
 
 
 def test_cli_on_a_tiny_model(tiny_dir, tmp_path, capsys):

@@ -7,6 +7,8 @@ an `<answer>`, and eos — the shape every test of the reasoning/content split n
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,7 +24,34 @@ QUESTIONS = ["What is 2+2?", "Add 2 and 2.", "2 + 2 = ?", "Compute two plus two.
              "Say 2+2.", "hello", "Tell me 2 plus 2"]
 
 
+_BUILT: dict[tuple[int, int], Path] = {}
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread: on two shared cores a second intra-op thread makes small ops 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tiny_model_dir(steps: int = 60, seed: int = 0) -> Path:
+    """The tiny model, built once per test process (in a temporary directory) and shared by the modules."""
+    key = (steps, seed)
+    if key not in _BUILT or not (_BUILT[key] / "config.json").is_file():
+        _BUILT[key] = build_tiny_model(Path(tempfile.mkdtemp(prefix="frugal-r1-tiny-")) / "model", steps, seed)
+    return _BUILT[key]
+
+
 def build_tiny_model(out: Path, steps: int = 60, seed: int = 0) -> Path:
+    with one_thread():
+        return _build(out, steps, seed)
+
+
+def _build(out: Path, steps: int, seed: int) -> Path:
     torch.manual_seed(seed)
     completion = format_completion(REASONING, ANSWER)
     texts = [render_chat([{"role": "user", "content": q}], True) + completion for q in QUESTIONS] * 20
