@@ -1,7 +1,7 @@
 """Serving benchmark: aggregate completion tokens/s with 16 concurrent clients against 1 client.
 
     .venv/bin/python benchmarks/bench_serve.py [--preset small] [--clients 16] [--requests 2] \\
-        [--max-tokens 64] [--threads 1] [--no-stream]
+        [--max-tokens 128] [--threads 1] [--no-stream]
 
 A model directory is built (a preset with random weights, and a byte-level BPE trained on a few
 sentences), then served by `frugal-r1 serve` in a subprocess on 127.0.0.1 — one server, one run, both
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=["tiny", "small"])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-stream", dest="stream", action="store_false")
     args = parser.parse_args()
