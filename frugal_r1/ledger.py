@@ -93,9 +93,12 @@ class Ledger:
             "device_hours": hours * self.devices,
         }
 
+    def elapsed(self) -> float:
+        """Wall seconds so far, across resumes."""
+        return self.wall_seconds + (time.perf_counter() - self._started if self._started else 0.0)
+
     def dollars_so_far(self) -> float:
-        elapsed = self.wall_seconds + (time.perf_counter() - self._started if self._started else 0.0)
-        return self.hardware.usd_per_hour * self.devices * elapsed / 3600
+        return self.hardware.usd_per_hour * self.devices * self.elapsed() / 3600
 
     def line(self, stage: str) -> str:
         s = self.summary()

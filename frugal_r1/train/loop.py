@@ -203,7 +203,8 @@ class Trainer:
         seconds = time.perf_counter() - started
         step_flops = tokens * flops_per_token + (self.stage.extra_flops() if hasattr(self.stage, "extra_flops") else 0)
         self.ledger.add(tokens, step_flops)
-        record = {"step": self.step, "loss": loss_value, **parts, "lr": lr, "grad_norm": float(grad_norm),
+        record = {"step": self.step, "elapsed_seconds": self.ledger.elapsed(), "loss": loss_value, **parts, "lr": lr,
+                  "grad_norm": float(grad_norm),
                   "tokens": tokens, "tokens_per_second": tokens / seconds, "step_seconds": seconds,
                   "mfu": step_flops / seconds / self.ledger.peak, "usd": self.ledger.dollars_so_far(), **load_stats}
         if hasattr(self.stage, "step_metrics"):

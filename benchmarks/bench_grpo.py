@@ -1,0 +1,135 @@
+"""GRPO step time: frugal-r1's grpo stage against TRL's GRPOTrainer, same tiny Qwen2, same batch, on CPU.
+
+Both train the identical randomly initialised Qwen2 (saved once, loaded by each) on the same chain_sum
+prompts with the same settings: P prompts × G completions per step, max completion length L, T = 1,
+β = 0, μ = 1, token-level (DAPO) loss, the same accuracy reward, fp32 on CPU. Each side runs a few warm-up
+steps and then the timed steps; the two are run alternately (ours, TRL, ours, TRL) so machine noise hits
+both, and the medians are compared. Completion lengths are printed too: a random model stops at its eos at
+random, so the two may generate different amounts — tokens per second is printed alongside.
+
+    .venv/bin/pip install trl==1.16.0   # the anchor, not a frugal-r1 dependency
+    .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def make_model(path: Path, vocab_texts: list[str]) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from frugal_r1.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(vocab_texts, 512)
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def ours(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
+    from frugal_r1.metrics import read_metrics
+    from frugal_r1.recipe import load_stage
+    from frugal_r1.train.grpo_run import run_grpo
+
+    cfg = load_stage("grpo", None, [
+        "data.tasks=['chain_sum']", f"train.steps={args.warmup + args.steps}", "train.lr=1e-5", "train.bf16=false",
+        "train.warmup_steps=0", "train.schedule='constant'", "train.eval_every=0", "train.save_every=0",
+        f"rl.group_size={args.group}", f"rl.prompts_per_step={args.prompts}", f"rl.max_new_tokens={args.length}",
+        "rl.epsilon_high=0.2", "rl.beta=0.0", "rl.aggregation='token'", "rl.eval_n=1", "rl.eval_samples=1",
+        "rl.samples_every=0", "rl.rewards={ accuracy = 1.0 }", "ledger.hardware='cpu'"])
+    run_grpo(cfg, out, init=str(model_dir))
+    records = [r for r in read_metrics(out) if "reward_mean" in r][args.warmup:]
+    return [r["step_seconds"] for r in records], statistics.mean(r["completion_length_mean"] for r in records)
+
+
+def trl(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from frugal_r1.rewards import verify
+    from frugal_r1.tasks import load_task
+
+    task = load_task("chain_sum", size=1000, seed=0)
+    rows = [task[i] for i in range(task.__len__())]
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"],
+                               "verifier": r["metadata"]["verifier"]} for r in rows])
+
+    def accuracy(prompts, completions, answer, verifier, **_):
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        return [verify(t, {"answer": a, "metadata": {"task": "chain_sum", "verifier": v}}).score
+                for t, a, v in zip(texts, answer, verifier)]
+
+    times: list[float] = []
+    lengths: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+        def on_log(self, _args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    config = GRPOConfig(
+        output_dir=str(out), use_cpu=True, bf16=False, per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group, max_completion_length=args.length, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_iterations=1, beta=0.0, epsilon=0.2, loss_type="dapo", temperature=1.0,
+        learning_rate=1e-5, max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
+        shuffle_dataset=False, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = GRPOTrainer(model=model, reward_funcs=[accuracy], args=config, train_dataset=data,
+                          processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Timer()])
+    trainer.train()
+    return times[args.warmup:], statistics.mean(lengths[args.warmup:]) if lengths else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_model(tmp / "model", [f"What is {a} + {b}? <answer>{a + b}</answer>" for a in range(60) for b in range(30)])
+        results = {"frugal-r1": ([], []), "TRL GRPOTrainer": ([], [])}
+        for round_ in range(args.rounds):
+            for name, fn in (("frugal-r1", ours), ("TRL GRPOTrainer", trl)):
+                times, length = fn(tmp / "model", tmp / f"{name[:3]}-{round_}", args)
+                results[name][0].extend(times)
+                results[name][1].append(length)
+        print(f"\nGRPO step on CPU ({torch.get_num_threads()} threads): tiny Qwen2, {args.prompts} prompts × "
+              f"{args.group} completions, max {args.length} new tokens, fp32")
+        medians = {}
+        for name, (times, lengths) in results.items():
+            medians[name] = statistics.median(times)
+            tokens = args.prompts * args.group * statistics.mean(lengths)
+            print(f"  {name:16s} {medians[name]:7.2f} s/step   mean completion {statistics.mean(lengths):5.1f} tokens"
+                  f"   {tokens / medians[name]:7.0f} generated tokens/s")
+        print(f"  speed-up: {medians['TRL GRPOTrainer'] / medians['frugal-r1']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
