@@ -32,6 +32,7 @@ import warnings
 import torch
 
 from frugal_r1.generate import Engine, SamplingParams, acceptance_rate
+from frugal_r1.generate.speculative import agreeing_mtp
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.config import preset
 from frugal_r1.model.transformer import DeepSeekV3
@@ -194,17 +195,7 @@ def bench_mtp_mechanics(args) -> None:
     model (acceptance 1.0): what drafting costs and saves on the real architecture, independent of training."""
     torch.manual_seed(0)
     model = DeepSeekV3(preset("small")).eval()
-    with torch.no_grad():
-        for layer in model.layers:  # silence the blocks: both heads then predict Head(norm(Emb(t)))
-            layer.self_attn.o_proj.weight.zero_()
-            for p in layer.mlp.parameters():
-                p.zero_()
-        mtp, d = model.mtp[0], model.config.hidden_size
-        mtp.block.self_attn.o_proj.weight.zero_()
-        for p in mtp.block.mlp.parameters():
-            p.zero_()
-        mtp.eh_proj.weight.zero_()
-        mtp.eh_proj.weight[:, :d] = torch.eye(d)
+    agreeing_mtp(model)  # silence the blocks: both heads then predict Head(norm(Emb(t)))
     params = SamplingParams(temperature=0, max_new_tokens=64, ignore_eos=True)
     plain, spec = Engine(model), Engine(model, speculative=True)
     for batch in (1, 16):

@@ -7,7 +7,7 @@ steps and then the timed steps; the two are run alternately (ours, TRL, ours, TR
 both, and the medians are compared. Completion lengths are printed too: a random model stops at its eos at
 random, so the two may generate different amounts — tokens per second is printed alongside.
 
-    .venv/bin/pip install trl==1.16.0   # the anchor, not a frugal-r1 dependency
+    .venv/bin/pip install -e ".[bench]"   # TRL, the anchor; not a frugal-r1 dependency
     .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4]
 """
 

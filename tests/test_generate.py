@@ -8,6 +8,8 @@ import warnings
 
 import pytest
 import torch
+
+from frugal_r1.generate.speculative import agreeing_mtp
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -183,23 +185,6 @@ def test_stop_strings_cut_exactly(text_model, tokenizer):
 
 
 # ----------------------------------------------------------------------------------------------------------
-def agreeing_mtp(model: DeepSeekV3, main_attention: float) -> DeepSeekV3:
-    """MTP made to predict what the main model will: with main blocks silenced (main_attention = 0), the main
-    model's next-token logits are Head(norm(Emb(t))) and so are the MTP module's; 0 < main_attention < 1
-    leaves some disagreement, so a batch mixes accepted and rejected drafts."""
-    with torch.no_grad():
-        for layer in model.layers:
-            layer.self_attn.o_proj.weight.mul_(main_attention)
-            for p in layer.mlp.parameters():
-                p.mul_(main_attention)
-        mtp, d = model.mtp[0], model.config.hidden_size
-        mtp.block.self_attn.o_proj.weight.zero_()
-        for p in mtp.block.mlp.parameters():
-            p.zero_()
-        mtp.eh_proj.weight.zero_()
-        mtp.eh_proj.weight[:, :d] = torch.eye(d)
-        mtp.shared_head.norm.weight.copy_(model.norm.weight)
-    return model
 
 
 @pytest.mark.parametrize("main_attention", [None, 0.0, 0.5])

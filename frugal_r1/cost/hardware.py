@@ -15,9 +15,9 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: 0.7 of the fp32 peak and 0.25 of the bf16 peak for training (the `small` preset reached ~1.0 and
-  ~0.34 here on a quiet machine, ~0.1 and ~0.013 while other tenants loaded both cores), 0.05 for
-  generation (a guess). The speedrun's ledger is what calibrates these.
+- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.02 for generation, calibrated from
+  the 30-minute speedrun's ledgers on this machine class (see CPU_MFU). Other tenants on the same cores
+  can cut the real figure tenfold; a projection assumes the machine to itself.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ DEFAULT_MFU = 0.4
 DEFAULT_GENERATION_MFU = 0.1
 CPU_WATTS_PER_CORE = 4.0
 CPU_USD_PER_CORE_HOUR = 0.05
-# See the module docstring: measured on the `small` preset, rounded down; generation is a guess.
-CPU_MFU = {"fp32": 0.7, "bf16": 0.25}
-CPU_GENERATION_MFU = 0.05
+# Calibrated from the ledgers of the 30-minute speedrun on this 2-vCPU machine class (2026-11-28): pretrain
+# and SFT of the `small` preset reached 12.8% of the measured bf16 peak; GRPO's rollouts ~2% (decoding is
+# latency-bound); fp32 from benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down.
+CPU_MFU = {"fp32": 0.45, "bf16": 0.13}
+CPU_GENERATION_MFU = 0.02
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 _FIELDS = {"peak_tflops", "memory_gb", "memory_bandwidth_gbs", "interconnect_gbs", "power_w", "usd_per_hour",

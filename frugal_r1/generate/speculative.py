@@ -139,3 +139,23 @@ def speculative_decode(model, rows: Rows, pad_id: int, seed: int, compact_fracti
 
 
 __all__ = ["speculative_decode"]
+
+
+def agreeing_mtp(model, main_attention: float = 0.0):
+    """MTP made to predict what the main model will: with main blocks silenced (main_attention = 0), the main
+    model's next-token logits are Head(norm(Emb(t))) and so are the MTP module's; 0 < main_attention < 1
+    leaves some disagreement, so a batch mixes accepted and rejected drafts. For tests and for the upper
+    bound of speculative speed-up in benchmarks/bench_generate.py; it edits the model in place."""
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.self_attn.o_proj.weight.mul_(main_attention)
+            for p in layer.mlp.parameters():
+                p.mul_(main_attention)
+        mtp, d = model.mtp[0], model.config.hidden_size
+        mtp.block.self_attn.o_proj.weight.zero_()
+        for p in mtp.block.mlp.parameters():
+            p.zero_()
+        mtp.eh_proj.weight.zero_()
+        mtp.eh_proj.weight[:, :d] = torch.eye(d)
+        mtp.shared_head.norm.weight.copy_(model.norm.weight)
+    return model

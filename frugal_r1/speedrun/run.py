@@ -143,7 +143,7 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
              for t in cfg.data.tasks]
     report = evaluate(load_backend(model_dir), tasks, n=settings.eval_n, samples=settings.eval_samples,
                       temperature=0.6, top_p=0.95, max_new_tokens=settings.eval_max_new_tokens,
-                      seed=settings.eval_seed, progress=True)
+                      seed=settings.eval_seed, batch_size=64, progress=True)
     result = report.to_dict()
     result["wall_seconds"] = time.perf_counter() - tick
     timings[name] = result["wall_seconds"]
