@@ -91,6 +91,8 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
         raise UserError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings "
                         f"{model_cfg.max_position_embeddings}")
 
+    # Measure this machine's peak before the prefetch thread starts competing for the cores.
+    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
     split = kind == "pretrain"
     packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
                     drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id, rank=info.rank,
@@ -104,7 +106,6 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
         packer = Prefetcher(packer, cfg.data.prefetch)
     stage = LMStage(kind, model_cfg, packer, eval_batches, cfg.train.grad_accum)
 
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
     ledger = Ledger(hardware, precision="bf16" if cfg.train.bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
         record = {"stage": kind, "init": init, "config": cfg.to_dict(), "model": model_cfg.to_dict(),
