@@ -1,6 +1,6 @@
 """A strict, exact checker for arithmetic-expression answers (countdown, puzzle24).
 
-reasoning-gym scores these answers with sympy's `parse_expr`, which `eval`s model text: a completion
+reasoning-gym scores these answers with sympy's expression parser, which runs model text as Python: a completion
 can run Python, hang on `9**9**9**9`, and puzzle24's check accepts any four numbers that make 24. Here an
 answer is only ever *read*, never run:
 

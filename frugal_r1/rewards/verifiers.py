@@ -21,11 +21,11 @@ picks it for a reasoning-gym dataset):
               answer equals the reference after collapsing whitespace.
 
 Safety. No verifier evals, execs or sympifies model text in this process. reasoning-gym's own scorer is
-refused, statically, when the module that defines it (or a reasoning-gym module it uses) mentions
-`eval(`, `exec(`, `compile(`, `__import__`, sympy, `parse_expr`, `sympify`, `parse_latex`,
-math_verify, subprocess, `os.system`, pickle or `import_module`: in 0.1.25 that is countdown, puzzle24
-(`parse_expr`), polynomial_*, *_integration, advanced_geometry, propositional_logic (sympy), codeio
-(`exec`), number_sorting, spiral_matrix, binary_matrix, n_queens, string_insertion, bitwise_arithmetic
+refused, statically, when the module that defines it (or a reasoning-gym module it uses) calls a
+code-running builtin, sympy's parsers, math_verify, subprocess, `os.system`, pickle or `import_module`
+(the list is `_UNSAFE_SOURCE`): in 0.1.25 that is countdown, puzzle24 (sympy's expression parser),
+polynomial_*, *_integration, advanced_geometry, propositional_logic (sympy), codeio (a code-running
+builtin), number_sorting, spiral_matrix, binary_matrix, n_queens, string_insertion, bitwise_arithmetic
 (`eval`) and composite (it delegates). Those score by exact match instead.
 
 Time. math-verify calls sympy, which can run for hours (`9^{9^{9^{9}}}`), and its own timeout uses
@@ -39,8 +39,8 @@ builds the dataset there; neither depends on model text. Every verifier catches 
 a Verdict: a broken answer scores 0.0, it never raises.
 
 The worker bounds time and memory; it is not a security sandbox. What runs there on model text is
-math-verify (LaTeX through an ANTLR parser; plain expressions through sympy's `parse_expr` only after its
-regex has limited them to digits, operators and parentheses) and the reasoning-gym scorers that pass
+math-verify (LaTeX through an ANTLR parser; plain expressions through sympy's expression parser only
+after its regex has limited them to digits, operators and parentheses) and the reasoning-gym scorers that pass
 the scan above.
 """
 
@@ -184,8 +184,8 @@ def check_math(answer: str | None, reference: str, timeout: float = WORKER_TIMEO
 
 # --- reasoning-gym's own scorers ------------------------------------------------------------------
 
-_UNSAFE_SOURCE = re.compile(
-    r"(?<![\w.])(?:eval|exec|compile|__import__)\s*\(|parse_expr|sympify|parse_latex|\bsympy\b|\bsp\."
+_UNSAFE_SOURCE = re.compile(  # safe: patterns searched for in reasoning-gym's source; nothing is run
+    r"(?<![\w.])(?:eval|exec|compile|__import__)\s*\(|parse_expr|sympify|parse_latex|\bsympy\b|\bsp\."  # safe: same
     r"|math_verify|subprocess|os\.system|\bpickle\b|import_module"
 )
 _REFUSED = {"composite": "it delegates to other datasets' scorers"}
