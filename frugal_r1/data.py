@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from frugal_r1.errors import UserError
+from frugal_r1.model.transformer import document_mask as document_causal_mask  # noqa: F401 (re-exported)
 
 IGNORE_INDEX = -100
 
@@ -67,13 +68,6 @@ def example_labels(example: Example) -> tuple[list[int], list[int]]:
         ids, mask = list(example), None
     labels = ids[1:] if mask is None else [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:])]
     return ids, labels + [IGNORE_INDEX]
-
-
-def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """[B, 1, T, T] bool, True where query i may attend key j: same document and j <= i (SDPA's convention)."""
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
-    causal = torch.ones(doc_ids.shape[-1], doc_ids.shape[-1], dtype=torch.bool, device=doc_ids.device).tril()
-    return (same_doc & causal)[:, None]
 
 
 class Packer:

@@ -115,7 +115,7 @@ class DeepSeekV3(nn.Module):
         if cache is not None:
             mask = cache.attention_mask(seq)
         elif doc_ids is not None:
-            mask = _document_mask(doc_ids)
+            mask = document_mask(doc_ids)
         else:
             mask = None
         cos, sin = self.rotary(position_ids)
@@ -188,8 +188,8 @@ class DeepSeekV3(nn.Module):
         save_pretrained(self, path, **kwargs)
 
 
-def _document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Bool [B, 1, T, T]: causal and within the same document."""
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Bool [B, 1, T, T], True where query i may attend key j: same document and j <= i (SDPA's convention)."""
     seq = doc_ids.shape[1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=doc_ids.device).tril()
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
