@@ -38,6 +38,8 @@ class DataConfig:
     seq_len: int = 256
     batch_size: int = 16
     drop_long: bool = False  # SFT: skip (and count) examples longer than seq_len instead of failing
+    split_documents: bool = True  # pretraining: cut documents across rows (no padding); false pads the
+    # row instead, so no document is ever seen without its beginning (the question a trace works from)
     tokenizer: str | None = None  # a tokenizer directory; None: train one (pretrain) or use --init's
     vocab_size: int = 2048  # for a tokenizer trained by pretrain
     tokenizer_documents: int = 4000  # documents the tokenizer is trained on

@@ -93,7 +93,7 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
 
     # Measure this machine's peak before the prefetch thread starts competing for the cores.
     hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
-    split = kind == "pretrain"
+    split = kind == "pretrain" and cfg.data.split_documents
     packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
                     drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id, rank=info.rank,
                     world_size=info.world_size)
