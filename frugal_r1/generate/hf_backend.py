@@ -6,9 +6,11 @@ engine (engine.py), so the two backends agree on every field and on the random n
 gives the same completions through either. transformers' `generate` is not used because its sampler
 draws from one generator for the whole batch and returns processed (not raw) log-probs.
 
-The stepper feeds left-padded prompts with a 2-D attention mask and explicit position ids (counted from
-each row's first real token) into a `DynamicCache`, and compacts finished rows out of the cache with
-`batch_select_indices`.
+Llama-family models (Llama, Qwen2, Mistral; see llama_family.py for what else must hold) decode with
+`LlamaFamilyStepper`, which runs the same equations on the module's own weights without transformers'
+per-call overhead. Every other model takes `HFStepper`: left-padded prompts with a 2-D attention mask and
+explicit position ids (counted from each row's first real token) into a `DynamicCache`, finished rows
+compacted out of the cache with `batch_select_indices`. `fast=False` forces HFStepper.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import Backend, Completion, Prompt, Rows, SamplingParams, load_local_tokenizer
 from frugal_r1.generate.engine import decode, evaluation, positions_of, resolve_seed
+from frugal_r1.generate.llama_family import LlamaFamilyStepper, unsupported_reason
 
 
 class HFStepper:
@@ -54,10 +57,11 @@ class HFStepper:
 
 
 class HFBackend(Backend):
-    def __init__(self, model, tokenizer=None, *, compact_fraction: float = 0.25):
+    def __init__(self, model, tokenizer=None, *, compact_fraction: float = 0.25, fast: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.compact_fraction = compact_fraction
+        self.fast = fast
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, **kwargs) -> "HFBackend":
@@ -100,8 +104,15 @@ class HFBackend(Backend):
             return []
         rows = Rows(ids, params, self.stop_ids(params), self.context_length, self.tokenizer)
         with torch.inference_mode(), evaluation(self.model):
-            decode(HFStepper(self.model), rows, self.pad_id, resolve_seed(params), self.compact_fraction)
+            decode(self.stepper(max(map(len, ids)) + rows.max_budget), rows, self.pad_id, resolve_seed(params),
+                   self.compact_fraction)
         return rows.completions()
+
+    def stepper(self, length: int):
+        """The fastest stepper that computes this model exactly, for sequences of up to `length` positions."""
+        if self.fast and unsupported_reason(self.model, length) is None:
+            return LlamaFamilyStepper(self.model)
+        return HFStepper(self.model)
 
 
 __all__ = ["HFBackend", "HFStepper"]

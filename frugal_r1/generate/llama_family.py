@@ -1,0 +1,226 @@
+"""A fast decoder for transformers' Llama-family causal LMs (Llama, Qwen2, Mistral), on the module's own
+parameters.
+
+Every layer of these models is the same pre-norm block:
+
+    h  = x + o_proj(attention(rope(q_proj(n₁(x))), rope(k_proj(n₁(x))), v_proj(n₁(x))))
+    x' = h + down_proj(act(gate_proj(n₂(h))) · up_proj(n₂(h)))          n = RMSNorm, attention with GQA
+
+and the logits are lm_head(norm(x)). For a tiny model on a CPU, transformers' forward costs more in
+Python than in arithmetic (mask construction, a growing `DynamicCache`, output dataclasses…), so
+`LlamaFamilyStepper` computes the same equations directly with torch functions:
+- the weights are read from the HF module at each call, never copied, so an optimizer step is seen by the
+  next generation;
+- one preallocated KV cache [layers, 2, B, H_kv, capacity, D], written in place at a slot shared by all
+  rows (left padding is masked, positions restart at each row's first real token, as in HFStepper);
+- cos/sin come from the model's own `rotary_emb`, so every static RoPE type transformers implements
+  (default, linear, llama3, yarn, …) is computed by transformers itself;
+- prompts that appear several times in the batch (GRPO's G samples per prompt) are prefilled once and
+  their cache rows copied;
+- logits only for the last position.
+
+`unsupported_reason` says why a model must take transformers' own forward instead (another architecture,
+dynamic RoPE, a sliding window shorter than the sequence, hooks or adapters on the modules…); callers fall
+back to HFStepper then. The per-layer math lives in `Layer` so the training forward (train/shared_prefix.py)
+runs exactly the same equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def unsupported_reason(model: nn.Module, length: int) -> str | None:
+    """None when `model` can run here for sequences of up to `length` positions; else why not."""
+    name = type(model).__name__
+    if name not in ARCHITECTURES:
+        return f"{name} is not one of {', '.join(ARCHITECTURES)}"
+    config, inner = model.config, getattr(model, "model", None)
+    rope_type = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
+    if not isinstance(rope_type, str) or "dynamic" in rope_type or rope_type == "longrope":
+        return f"RoPE type {rope_type!r} changes with the sequence length"
+    window = _sliding_window(model)
+    if window is not None and length > window:
+        return f"sliding window {window} is shorter than {length} positions"
+    if getattr(model, "is_activation_checkpointing", False):
+        return "gradient checkpointing is on"
+    if model.training and getattr(config, "attention_dropout", 0.0):
+        return "attention dropout is on"
+    if len(inner.layers) != config.num_hidden_layers:
+        return "the layer count differs from the config"
+    for layer in inner.layers:
+        linears = [getattr(layer.self_attn, p) for p in _PROJECTIONS] + [getattr(layer.mlp, p) for p in _MLP]
+        if any(type(m) is not nn.Linear for m in linears):
+            return "a projection is not a plain nn.Linear (an adapter or quantized layer)"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if not type(norm).__name__.endswith("RMSNorm") or not hasattr(norm, "variance_epsilon"):
+                return f"{type(norm).__name__} is not the RMSNorm this decoder implements"
+    if any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "_hf_hook") for m in model.modules()):
+        return "a module has forward hooks"
+    if not all(p.dtype.is_floating_point for p in model.parameters()):
+        return "the weights are not floating point"
+    return None
+
+
+def _sliding_window(model: nn.Module) -> int | None:
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return None
+    if type(model).__name__ == "MistralForCausalLM":  # Mistral applies the config's window to every layer
+        return int(window)
+    layer_types = getattr(config, "layer_types", None) or []
+    return int(window) if "sliding_attention" in layer_types else None
+
+
+# ------------------------------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """transformers' Llama RMSNorm: x / sqrt(mean(x²) + ε) in float32, back to x's dtype, times the weight."""
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+    return norm.weight * normed
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x·cos + rotate_half(x)·sin, with rotate_half(x)·sin = roll(x, D/2)·[-sin₁, sin₂] (see `signed_sin`)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+@dataclass
+class Layer:
+    """One decoder layer's modules, looked up once per forward (nn.Module attribute access is slow)."""
+
+    attn: nn.Module
+    mlp: nn.Module
+    input_norm: nn.Module
+    post_norm: nn.Module
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> "Layer":
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        return cls(attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm,
+                   attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
+        """x [..., d] -> q [..., H, D], k and v [..., H_kv, D], RoPE applied (cos/sin [..., 1, D])."""
+        h = rms_norm(x, self.input_norm)
+        a = self.attn
+        q = a.q_proj(h).unflatten(-1, (self.heads, self.head_dim))
+        k = a.k_proj(h).unflatten(-1, (self.kv_heads, self.head_dim))
+        v = a.v_proj(h).unflatten(-1, (self.kv_heads, self.head_dim))
+        return rope(q, cos, sin_signed), rope(k, cos, sin_signed), v
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual stream after the attention output [..., H·D] and the MLP."""
+        x = x + self.attn.o_proj(attended)
+        h = rms_norm(x, self.post_norm)
+        m = self.mlp
+        return x + m.down_proj(m.act_fn(m.gate_proj(h)) * m.up_proj(h))
+
+
+def layers_of(model: nn.Module) -> list[Layer]:
+    return [Layer.of(layer) for layer in model.model.layers]
+
+
+def rope_table(model: nn.Module, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) [length, D] for positions 0…length-1, from the model's own rotary embedding."""
+    positions = torch.arange(length, device=device)[None]
+    cos, sin = model.model.rotary_emb(torch.empty(0, device=device, dtype=dtype), positions)
+    return cos[0], signed_sin(sin[0])
+
+
+def head_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.lm_head(rms_norm(x, model.model.norm))
+
+
+# ------------------------------------------------------------------------------------------------------
+class LlamaFamilyStepper:
+    """The decode loop's Stepper (engine.py) for a supported model; see the module docstring."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.layers = layers_of(model)
+        weight = model.model.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.kv: torch.Tensor | None = None  # [layers, 2, B, H_kv, capacity, D]
+        self.bias: torch.Tensor | None = None  # [B, 1, 1, capacity]: 0 where a key may be seen, -inf on padding
+        self.length = 0  # cache slots written
+
+    def prefill(self, ids: torch.Tensor, pad: torch.Tensor, capacity: int) -> torch.Tensor:
+        batch, width = ids.shape
+        first = self.layers[0]
+        self.cos, self.sin = rope_table(self.model, width + capacity, self.device, self.dtype)
+        self.kv = torch.empty(len(self.layers), 2, batch, first.kv_heads, width + capacity, first.head_dim,
+                              device=self.device, dtype=self.dtype)
+        real = torch.arange(width)[None, :] >= pad[:, None]
+        self.bias = torch.zeros(batch, 1, 1, width + capacity, device=self.device, dtype=self.dtype)
+        self.bias[:, 0, 0, :width].masked_fill_(~real.to(self.device), float("-inf"))
+        # Identical (prompt, padding) rows are computed once.
+        distinct, inverse = torch.unique(torch.cat([ids, pad[:, None]], dim=1), dim=0, return_inverse=True)
+        ids, pad, real = distinct[:, :-1].to(self.device), distinct[:, -1], real[_first_index(inverse)]
+        positions = (torch.arange(width)[None, :] - pad[:, None]).clamp(min=0).to(self.device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        # A padding query also sees itself, so its (never used) outputs stay finite.
+        mask = (causal & real.to(self.device)[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]
+        rows = inverse.to(self.device)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x, cos, sin)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            self.kv[i, 0, :, :, :width] = k[rows]
+            self.kv[i, 1, :, :, :width] = v[rows]
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask[:, None],
+                                                 scale=layer.attn.scaling, enable_gqa=True)
+            x = layer.finish(x, out.transpose(1, 2).flatten(2))
+        self.length = width
+        return head_logits(self.model, x[:, -1])[rows].float().cpu()
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        slot = self.length
+        self.length += 1
+        positions = positions.to(self.device)
+        x = self.model.model.embed_tokens(tokens.to(self.device))  # [B, d]
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        bias = self.bias[:, :, :, : slot + 1]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(x, cos, sin)
+            self.kv[i, 0, :, :, slot] = k
+            self.kv[i, 1, :, :, slot] = v
+            # One query per row: plain matmuls beat SDPA's kernel here; softmax in float32 as transformers' eager.
+            scores = torch.matmul(q.unflatten(1, (layer.kv_heads, -1)), self.kv[i, 0, :, :, : slot + 1].mT)
+            probs = (scores.float() * layer.attn.scaling + bias).softmax(-1).to(q.dtype)
+            x = layer.finish(x, torch.matmul(probs, self.kv[i, 1, :, :, : slot + 1]).flatten(1))
+        return head_logits(self.model, x).float().cpu()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        rows = rows.to(self.device)
+        self.kv = self.kv[:, :, rows]
+        self.bias = self.bias[rows]
+
+
+def _first_index(inverse: torch.Tensor) -> torch.Tensor:
+    """For each distinct value of `inverse` (0…U-1), the index of its first occurrence."""
+    count = int(inverse.max()) + 1
+    first = torch.full((count,), len(inverse), dtype=torch.long)
+    return first.scatter_reduce(0, inverse, torch.arange(len(inverse)), reduce="amin")
+
+
+__all__ = ["ARCHITECTURES", "LlamaFamilyStepper", "Layer", "unsupported_reason", "layers_of", "rope_table",
+           "head_logits", "rms_norm", "rope", "signed_sin"]
