@@ -5,7 +5,9 @@ One rollout batch = `prompts_per_step` prompts × G completions per rank, split 
 micro-batches; it serves μ = `rl.updates` optimizer steps. The old log-probs π_old are computed right
 after the rollout with the training forward (same precision), so ρ = 1 exactly on the first update; with
 μ = 1 they are the current log-probs detached (TRL's choice: ρ ≡ 1, the clip never binds). The reference
-model (β > 0 only) is the --init model, frozen.
+model (β > 0 only) is the --init model, frozen. Micro-batches carry each row's prompt length and length, so
+log-probs are computed on the completions only, and a transformers Llama-family policy computes each of the
+step's prompts once for its G completions (shared_prefix.py).
 
 Everything a resumed run needs is in the stage state: the rollout counter (each rollout's sampling seed
 is derived from it, the run seed and the rank), the micro-batches not yet consumed, and the previous
@@ -47,6 +49,8 @@ class Rollout:
     advantages: torch.Tensor  # [B]
     old_logprobs: torch.Tensor | None  # [B, T-1] (μ > 1)
     ref_logprobs: torch.Tensor | None  # [B, T-1] (β > 0)
+    prompt_lengths: torch.Tensor | None = None  # [B] (None in checkpoints from before they were kept)
+    lengths: torch.Tensor | None = None  # [B] prompt + completion
 
     def to_state(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -100,7 +104,8 @@ class GRPOStage:
     def loss(self, model: torch.nn.Module, batch: Rollout, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.input_ids.numel() == 0:
             return sum(p.sum() for p in model.parameters()) * 0.0, {}
-        logprobs, entropy = self.policy.token_logprobs(model, batch.input_ids, with_entropy=True)
+        logprobs, entropy = self.policy.token_logprobs(model, batch.input_ids, True, batch.prompt_lengths,
+                                                       batch.lengths)
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
         token = token_loss(logprobs, old, batch.advantages, batch.mask, self.rl.epsilon_low, self.rl.epsilon_high,
                            self.rl.beta, batch.ref_logprobs)
@@ -251,13 +256,15 @@ class GRPOStage:
                 if not (self.rl.overlong == "mask" and c.finish_reason == "length"):
                     mask[i, len(c.prompt_ids) - 1: len(seq) - 1] = 1.0
             adv = torch.tensor([a for _, _, a in chunk])
+            prompt_lengths = torch.tensor([len(c.prompt_ids) for _, c, _ in chunk])
+            lengths = torch.tensor([len(s) for s in sequences])
             old = ref = None
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 if self.rl.updates > 1:
-                    old = self.policy.token_logprobs(self.policy.module, ids)[0].float()
+                    old = self.policy.token_logprobs(self.policy.module, ids, False, prompt_lengths, lengths)[0].float()
                 if self.reference is not None:
-                    ref = self.policy.token_logprobs(self.reference, ids)[0].float()
-            out.append(Rollout(ids, mask, adv, old, ref))
+                    ref = self.policy.token_logprobs(self.reference, ids, False, prompt_lengths, lengths)[0].float()
+            out.append(Rollout(ids, mask, adv, old, ref, prompt_lengths, lengths))
         return out
 
     def _write_samples(self, prompts: list[str], completions, rewards: list[float]) -> None:

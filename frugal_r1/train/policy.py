@@ -17,6 +17,7 @@ import torch
 
 from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import load_local_tokenizer
+from frugal_r1.train.shared_prefix import can_run, shared_prefix_logprobs
 
 
 class Policy:
@@ -57,9 +58,17 @@ class Policy:
 
         return task_prompt(self.tokenizer, row["prompt"], prompt_format)
 
-    def token_logprobs(self, model: torch.nn.Module, input_ids: torch.Tensor,
-                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """log π(x_{t+1} | x_≤t) for t = 0…T-2: [B, T-1] (and the entropies of those distributions)."""
+    def token_logprobs(self, model: torch.nn.Module, input_ids: torch.Tensor, with_entropy: bool = False,
+                       prompt_lengths: torch.Tensor | None = None,
+                       lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log π(x_{t+1} | x_≤t) for t = 0…T-2: [B, T-1] (and the entropies of those distributions).
+
+        With prompt_lengths and lengths [B], only t from the row's last prompt token to its last token is
+        computed (elsewhere 0): a supported transformers model (llama_family.py) then computes each distinct
+        prompt once (shared_prefix.py); any other model runs its full forward.
+        """
+        if self.kind == "hf" and can_run(model, input_ids.shape[1]):
+            return shared_prefix_logprobs(model, input_ids, prompt_lengths, lengths, with_entropy)
         logits = model(input_ids).logits[:, :-1].float()
         logp = torch.log_softmax(logits, dim=-1)
         chosen = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
@@ -67,8 +76,21 @@ class Policy:
         if with_entropy:
             with torch.no_grad():
                 entropy = -(logp.exp() * logp).sum(-1)
+        if prompt_lengths is not None or lengths is not None:
+            inside = _spans(input_ids, prompt_lengths, lengths).to(chosen.device)
+            chosen = chosen * inside
+            entropy = None if entropy is None else entropy * inside
         return chosen, entropy
 
     def save_pretrained(self, path: str | Path) -> None:
         self.module.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+
+
+def _spans(input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None, lengths: torch.Tensor | None) -> torch.Tensor:
+    """[B, T-1] 1.0 from each row's last prompt token to the token before its last."""
+    batch, width = input_ids.shape
+    t = torch.arange(width - 1)[None, :]
+    first = torch.zeros(batch, 1, dtype=torch.long) if prompt_lengths is None else prompt_lengths.cpu()[:, None] - 1
+    end = torch.full((batch, 1), width - 1) if lengths is None else lengths.cpu()[:, None] - 1
+    return ((t >= first) & (t < end)).float()
