@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from frugal_r1.train.policy import Policy
-from frugal_r1.train.shared_prefix import can_run, shared_prefix_logprobs
+from frugal_r1.train.shared_prefix import can_run, computed_tokens, shared_prefix_logprobs
 from test_llama_family import VOCAB, build
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [5, 6, 7, 8, 9], [12, 13, 14, 15, 16, 17, 18], [10, 11], [5, 6, 7, 8, 9]]
@@ -100,6 +100,10 @@ def test_policy_uses_the_shared_forward_and_falls_back_for_wrapped_modules():
     full.sum().backward()
     full_grads = grads(model)
     assert torch.all(full[span == 0] == 0)
+    # The FLOPs ledger counts what ran: 3 distinct prompts × 7 + 6 completions × 9, or every position.
+    assert computed_tokens(ids, prompt_lengths, lengths) == 3 * 7 + 6 * 9
+    assert policy.forward_tokens(model, ids, prompt_lengths, lengths) == 3 * 7 + 6 * 9
+    assert policy.forward_tokens(wrapped, ids, prompt_lengths, lengths) == ids.numel()
     assert torch.allclose(fast, full, atol=1e-5, rtol=0) and torch.allclose(fast_entropy, full_entropy, atol=1e-4)
     for name, grad in full_grads.items():
         assert torch.allclose(fast_grads[name], grad, atol=1e-5, rtol=1e-4), name

@@ -99,7 +99,10 @@ class GRPOStage:
         return normaliser(batch.mask, self.rl.aggregation, self.rl.max_new_tokens) if batch.mask.numel() else 0.0
 
     def count_tokens(self, batch: Rollout) -> int:
-        return batch.input_ids.numel()
+        """Token positions the training forward runs (a shared prompt once; DDP's wrapper runs them all)."""
+        if self.info.enabled or batch.input_ids.numel() == 0:
+            return batch.input_ids.numel()
+        return self.policy.forward_tokens(self.policy.module, batch.input_ids, batch.prompt_lengths, batch.lengths)
 
     def loss(self, model: torch.nn.Module, batch: Rollout, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.input_ids.numel() == 0:
@@ -193,8 +196,8 @@ class GRPOStage:
                                     stop_strings=(ANSWER_END,) if rl.prompt_format == "r1_zero" else ())
             self.policy.module.eval()
             completions = policy.backend().generate(prompts, params)
+            self._extra_flops += policy.generated_tokens(completions) * 2 * _matmul_params(policy)
             self.policy.module.train()
-            self._extra_flops += sum(len(c.prompt_ids) + len(c.token_ids) for c in completions) * 2 * _matmul_params(policy)
             tick = time.perf_counter()
             by_row = [rows[c.prompt_index] for c in completions]
             texts = [(c.text or "") + (ANSWER_END if c.stop == ANSWER_END else "") for c in completions]

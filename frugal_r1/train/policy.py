@@ -17,7 +17,7 @@ import torch
 
 from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import load_local_tokenizer
-from frugal_r1.train.shared_prefix import can_run, shared_prefix_logprobs
+from frugal_r1.train.shared_prefix import can_run, computed_tokens, shared_prefix_logprobs
 
 
 class Policy:
@@ -81,6 +81,23 @@ class Policy:
             chosen = chosen * inside
             entropy = None if entropy is None else entropy * inside
         return chosen, entropy
+
+    def forward_tokens(self, model: torch.nn.Module, input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
+                       lengths: torch.Tensor | None = None) -> int:
+        """Token positions `token_logprobs` runs through `model` for this batch (for the FLOPs ledger)."""
+        if self.kind == "hf" and can_run(model, input_ids.shape[1]):
+            return computed_tokens(input_ids, prompt_lengths, lengths)
+        return input_ids.numel()
+
+    def generated_tokens(self, completions) -> int:
+        """Token positions a generation ran: prompts (each distinct one once where the decoder prefills it
+        once — a Llama-family transformers model in eval mode), plus the completions."""
+        longest = max((len(c.prompt_ids) + len(c.token_ids) for c in completions), default=0)
+        if self.kind == "hf" and not self.module.training and can_run(self.module, longest):
+            prompts = sum(len(p) for p in {tuple(c.prompt_ids) for c in completions})
+        else:
+            prompts = sum(len(c.prompt_ids) for c in completions)
+        return prompts + sum(len(c.token_ids) for c in completions)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.module.save_pretrained(path)

@@ -33,9 +33,7 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     to its last token (lengths - 1, default T - 1); other positions are 0. Entropies likewise."""
     batch, width = input_ids.shape
     device = input_ids.device
-    plen = torch.ones(batch, dtype=torch.long) if prompt_lengths is None else prompt_lengths.long().cpu()
-    ends = torch.full((batch,), width, dtype=torch.long) if lengths is None else lengths.long().cpu()
-    group, starts = _distinct_prompts(input_ids, plen)
+    plen, ends, group, starts = _layout(input_ids, prompt_lengths, lengths)
     distinct, prompt_width = len(starts), int(plen.max())
     completion_width = int((ends - plen).max())
     logprobs = input_ids.new_zeros(batch, width - 1, dtype=torch.float32)
@@ -88,6 +86,21 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     return logprobs, entropy
 
 
+def computed_tokens(input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
+                    lengths: torch.Tensor | None = None) -> int:
+    """Token positions `shared_prefix_logprobs` runs through the model: U·P + B·C, padding included."""
+    plen, ends, _, starts = _layout(input_ids, prompt_lengths, lengths)
+    return len(starts) * int(plen.max()) + len(plen) * max(0, int((ends - plen).max()))
+
+
+def _layout(input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None, lengths: torch.Tensor | None):
+    """(prompt lengths, lengths, each row's distinct prompt, a row holding each distinct prompt), on the CPU."""
+    batch, width = input_ids.shape
+    plen = torch.ones(batch, dtype=torch.long) if prompt_lengths is None else prompt_lengths.long().cpu()
+    ends = torch.full((batch,), width, dtype=torch.long) if lengths is None else lengths.long().cpu()
+    return plen, ends, *_distinct_prompts(input_ids, plen)
+
+
 def _distinct_prompts(input_ids: torch.Tensor, plen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(group [B]: each row's distinct prompt, starts [U]: a row holding each distinct prompt)."""
     index: dict[tuple[int, ...], int] = {}
@@ -108,4 +121,4 @@ def _take(ids: torch.Tensor, columns: torch.Tensor, ends: torch.Tensor) -> torch
     return taken.masked_fill(~inside, 0)
 
 
-__all__ = ["shared_prefix_logprobs", "can_run"]
+__all__ = ["shared_prefix_logprobs", "can_run", "computed_tokens"]
