@@ -8,7 +8,11 @@ both, and the medians are compared. Completion lengths are printed too: a random
 random, so the two may generate different amounts — tokens per second is printed alongside.
 
     .venv/bin/pip install -e ".[bench]"   # TRL, the anchor; not a frugal-r1 dependency
-    .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4]
+    .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4] [--threads 1]
+
+On a shared, busy CPU two OpenMP threads spin against other processes and both sides' step times collapse
+erratically (a tiny matmul measured 300× slower on two threads than on one); `--threads 1` then gives
+stable ratios.
 """
 
 from __future__ import annotations
@@ -109,7 +113,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
