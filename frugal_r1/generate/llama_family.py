@@ -82,10 +82,11 @@ def _sliding_window(model: nn.Module) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------------
-def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' Llama RMSNorm: x / sqrt(mean(x²) + ε) in float32, back to x's dtype, times the weight."""
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
-    return norm.weight * normed
+    if x.dtype == weight.dtype == torch.float32:  # one fused kernel, the same numbers
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -100,38 +101,57 @@ def signed_sin(sin: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Layer:
-    """One decoder layer's modules, looked up once per forward (nn.Module attribute access is slow)."""
+    """One decoder layer's parameters (the module's own tensors), looked up once per forward: nn.Module
+    attribute access and calls cost more than a tiny model's arithmetic."""
 
-    attn: nn.Module
-    mlp: nn.Module
-    input_norm: nn.Module
-    post_norm: nn.Module
+    input_norm: torch.Tensor
+    input_eps: float
+    post_norm: torch.Tensor
+    post_eps: float
+    q: torch.Tensor
+    q_bias: torch.Tensor | None
+    k: torch.Tensor
+    k_bias: torch.Tensor | None
+    v: torch.Tensor
+    v_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate: torch.Tensor
+    gate_bias: torch.Tensor | None
+    up: torch.Tensor
+    up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    act: nn.Module
     heads: int
     kv_heads: int
     head_dim: int
+    scaling: float
 
     @classmethod
     def of(cls, layer: nn.Module) -> "Layer":
-        attn = layer.self_attn
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [getattr(attn, p) for p in _PROJECTIONS] + [getattr(mlp, p) for p in _MLP]
+        tensors = [t for m in linears for t in (m.weight, m.bias)]
         head_dim = attn.head_dim
-        return cls(attn, layer.mlp, layer.input_layernorm, layer.post_attention_layernorm,
-                   attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim)
+        norm, post = layer.input_layernorm, layer.post_attention_layernorm
+        return cls(norm.weight, norm.variance_epsilon, post.weight, post.variance_epsilon, *tensors, mlp.act_fn,
+                   attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim, attn.scaling)
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
         """x [..., d] -> q [..., H, D], k and v [..., H_kv, D], RoPE applied (cos/sin [..., 1, D])."""
-        h = rms_norm(x, self.input_norm)
-        a = self.attn
-        q = a.q_proj(h).unflatten(-1, (self.heads, self.head_dim))
-        k = a.k_proj(h).unflatten(-1, (self.kv_heads, self.head_dim))
-        v = a.v_proj(h).unflatten(-1, (self.kv_heads, self.head_dim))
+        h = rms_norm(x, self.input_norm, self.input_eps)
+        q = F.linear(h, self.q, self.q_bias).unflatten(-1, (self.heads, self.head_dim))
+        k = F.linear(h, self.k, self.k_bias).unflatten(-1, (self.kv_heads, self.head_dim))
+        v = F.linear(h, self.v, self.v_bias).unflatten(-1, (self.kv_heads, self.head_dim))
         return rope(q, cos, sin_signed), rope(k, cos, sin_signed), v
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Residual stream after the attention output [..., H·D] and the MLP."""
-        x = x + self.attn.o_proj(attended)
-        h = rms_norm(x, self.post_norm)
-        m = self.mlp
-        return x + m.down_proj(m.act_fn(m.gate_proj(h)) * m.up_proj(h))
+        x = x + F.linear(attended, self.o, self.o_bias)
+        h = rms_norm(x, self.post_norm, self.post_eps)
+        gated = self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias)
+        return x + F.linear(gated, self.down, self.down_bias)
 
 
 def layers_of(model: nn.Module) -> list[Layer]:
@@ -146,7 +166,8 @@ def rope_table(model: nn.Module, length: int, device, dtype) -> tuple[torch.Tens
 
 
 def head_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.lm_head(rms_norm(x, model.model.norm))
+    norm = model.model.norm
+    return model.lm_head(rms_norm(x, norm.weight, norm.variance_epsilon))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -187,7 +208,7 @@ class LlamaFamilyStepper:
             self.kv[i, 0, :, :, :width] = k[rows]
             self.kv[i, 1, :, :, :width] = v[rows]
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask[:, None],
-                                                 scale=layer.attn.scaling, enable_gqa=True)
+                                                 scale=layer.scaling, enable_gqa=True)
             x = layer.finish(x, out.transpose(1, 2).flatten(2))
         self.length = width
         return head_logits(self.model, x[:, -1])[rows].float().cpu()
@@ -205,7 +226,7 @@ class LlamaFamilyStepper:
             self.kv[i, 1, :, :, slot] = v
             # One query per row: plain matmuls beat SDPA's kernel here; softmax in float32 as transformers' eager.
             scores = torch.matmul(q.unflatten(1, (layer.kv_heads, -1)), self.kv[i, 0, :, :, : slot + 1].mT)
-            probs = (scores.float() * layer.attn.scaling + bias).softmax(-1).to(q.dtype)
+            probs = (scores.float() * layer.scaling + bias).softmax(-1).to(q.dtype)
             x = layer.finish(x, torch.matmul(probs, self.kv[i, 1, :, :, : slot + 1]).flatten(1))
         return head_logits(self.model, x).float().cpu()
 

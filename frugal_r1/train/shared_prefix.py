@@ -64,7 +64,7 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
         q, k, v = layer.qkv(x, cos, sin)  # [N, heads, D]
         qp, kp, vp = (t[:split].unflatten(0, (distinct, prompt_width)).transpose(1, 2) for t in (q, k, v))
         qc, kc, vc = (t[split:].unflatten(0, (batch, completion_width)).transpose(1, 2) for t in (q, k, v))
-        scale = layer.attn.scaling
+        scale = layer.scaling
         out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=True)
         out_c = F.scaled_dot_product_attention(qc, torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2),
                                                attn_mask=mask, scale=scale, enable_gqa=True)
