@@ -100,9 +100,9 @@ def test_policy_uses_the_shared_forward_and_falls_back_for_wrapped_modules():
     full.sum().backward()
     full_grads = grads(model)
     assert torch.all(full[span == 0] == 0)
-    # The FLOPs ledger counts what ran: 3 distinct prompts × 7 + 6 completions × 9, or every position.
-    assert computed_tokens(ids, prompt_lengths, lengths) == 3 * 7 + 6 * 9
-    assert policy.forward_tokens(model, ids, prompt_lengths, lengths) == 3 * 7 + 6 * 9
+    # The FLOPs ledger counts what ran: the 3 distinct prompts and the 6 completions, or every position.
+    assert computed_tokens(ids, prompt_lengths, lengths) == 5 + 2 + 7 + sum(LENGTHS)
+    assert policy.forward_tokens(model, ids, prompt_lengths, lengths) == 5 + 2 + 7 + sum(LENGTHS)
     assert policy.forward_tokens(wrapped, ids, prompt_lengths, lengths) == ids.numel()
     assert torch.allclose(fast, full, atol=1e-5, rtol=0) and torch.allclose(fast_entropy, full_entropy, atol=1e-4)
     for name, grad in full_grads.items():

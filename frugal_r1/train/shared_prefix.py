@@ -2,14 +2,15 @@
 prompt computed once.
 
 GRPO scores G completions of one prompt; a plain forward over the right-padded [B, T] batch computes every
-prompt G times, forward and backward, though its hidden states are the same in every copy. Here the batch
-is split into
+prompt G times, forward and backward, though its hidden states are the same in every copy. Here attention
+runs on a padded grid of
 - the distinct prompts [U, P] (right-padded, causal attention), and
-- each row's completion [B, C] (from its prompt's last token's successor to its length), whose queries
-  attend to their prompt's keys (up to its length) and causally to their own,
-and the linear layers run on both at once. Autograd sums each shared prompt's gradient over its rows, so
-log-probs and gradients equal the plain forward's (up to float rounding); only the positions asked for
-are computed. The layer equations are `llama_family.Layer`'s, on the HF module's own parameters.
+- each row's completion [B, C] (its tokens after the prompt, up to its length), whose queries attend to
+  their prompt's keys (up to its length) and causally to their own,
+while the embeddings, norms, projections, MLPs and the head run on the grid's real tokens only, packed.
+Autograd sums each shared prompt's gradient over its rows, so log-probs and gradients equal the plain
+forward's (up to float rounding); only the positions asked for are computed. The layer equations are
+`llama_family.Layer`'s, on the HF module's own parameters.
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     if completion_width <= 0:
         return logprobs, entropy
 
-    # Token ids and positions: the distinct prompts [U, P], then every row's completion [B, C].
-    prompt_ids = _take(input_ids[starts], torch.arange(prompt_width)[None].expand(distinct, -1), plen[starts])
-    offsets = plen[:, None] + torch.arange(completion_width)[None]  # [B, C] positions of the completion tokens
-    completion_ids = _take(input_ids, offsets, ends)
-    positions = torch.cat([torch.arange(prompt_width).repeat(distinct), offsets.flatten()]).to(device)
+    # The padded grid the attention works on: the distinct prompts [U, P], then every row's completion [B, C]
+    # (its tokens from plen on). Everything else runs on the grid's real tokens only.
+    prompt_columns = torch.arange(prompt_width)[None].expand(distinct, -1)
+    columns = plen[:, None] + torch.arange(completion_width)[None]  # [B, C] positions of the completion tokens
+    grid_ids = torch.cat([_take(input_ids[starts], prompt_columns).flatten(), _take(input_ids, columns).flatten()])
+    grid_positions = torch.cat([prompt_columns.flatten(), columns.flatten()])
+    in_completion = columns < ends[:, None]
+    real = torch.cat([(prompt_columns < plen[starts, None]).flatten(), in_completion.flatten()]).nonzero().squeeze(1)
+    grid = len(grid_ids)
     layers = layers_of(model)
     dtype = model.model.embed_tokens.weight.dtype
-    cos, sin = rope_table(model, int((plen + completion_width).max()), device, dtype)
+    cos, sin = rope_table(model, int(grid_positions.max()) + 1, device, dtype)
+    positions = grid_positions[real].to(device)
     cos, sin = cos[positions][:, None], sin[positions][:, None]
     # A completion query sees its prompt's real tokens and its own completion causally.
     sees_prompt = torch.arange(prompt_width)[None, :] < plen[:, None]  # [B, P]
@@ -56,41 +62,41 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     sees = torch.cat([sees_prompt[:, None, :].expand(-1, completion_width, -1), causal[None].expand(batch, -1, -1)],
                      dim=2)[:, None].to(device)
     mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, float("-inf"))  # once, not per layer
-    rows = group.to(device)
+    rows, spots = group.to(device), real.to(device)
     split = distinct * prompt_width
 
-    x = model.model.embed_tokens(torch.cat([prompt_ids.flatten(), completion_ids.flatten()]).to(device))
+    x = model.model.embed_tokens(grid_ids[real].to(device))  # [N real tokens, d]
     for layer in layers:
-        q, k, v = layer.qkv(x, cos, sin)  # [N, heads, D]
+        q, k, v = (t.new_zeros(grid, *t.shape[1:]).index_copy(0, spots, t) for t in layer.qkv(x, cos, sin))
         qp, kp, vp = (t[:split].unflatten(0, (distinct, prompt_width)).transpose(1, 2) for t in (q, k, v))
         qc, kc, vc = (t[split:].unflatten(0, (batch, completion_width)).transpose(1, 2) for t in (q, k, v))
-        scale = layer.scaling
-        out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scale, enable_gqa=True)
+        out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=layer.scaling, enable_gqa=True)
         out_c = F.scaled_dot_product_attention(qc, torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2),
-                                               attn_mask=mask, scale=scale, enable_gqa=True)
+                                               attn_mask=mask, scale=layer.scaling, enable_gqa=True)
         attended = torch.cat([out_p.transpose(1, 2).flatten(0, 1), out_c.transpose(1, 2).flatten(0, 1)])
-        x = layer.finish(x, attended.flatten(1))
+        x = layer.finish(x, attended[spots].flatten(1))
 
-    # Row i's hidden states that predict its completion tokens: its prompt's last, then its own but the last.
-    last_prompt = x[:split].unflatten(0, (distinct, prompt_width))[rows, (plen - 1).to(device)]
-    hidden = torch.cat([last_prompt[:, None], x[split:].unflatten(0, (batch, completion_width))[:, :-1]], dim=1)
-    logp = torch.log_softmax(head_logits(model, hidden).float(), dim=-1)  # [B, C, V]
-    chosen = logp.gather(-1, completion_ids.to(device)[..., None]).squeeze(-1)
-    # Scatter back to positions plen-1 … ends-2; the tail beyond a row's end goes to a spare column.
-    column = (offsets - 1).masked_fill(offsets >= ends[:, None], width - 1).to(device)
-    logprobs = torch.zeros(batch, width, dtype=chosen.dtype, device=device).scatter(1, column, chosen)[:, :-1]
+    # Row b's completion token j is predicted by its prompt's last token (j = 0) or by its own token j - 1.
+    row, j = in_completion.nonzero(as_tuple=True)
+    predictor = torch.where(j == 0, group[row] * prompt_width + plen[row] - 1, split + row * completion_width + j - 1)
+    packed = torch.full((grid,), -1, dtype=torch.long)
+    packed[real] = torch.arange(len(real))
+    logp = torch.log_softmax(head_logits(model, x[packed[predictor].to(device)]).float(), dim=-1)  # [M, V]
+    index = (row.to(device), (columns[row, j] - 1).to(device))
+    chosen = logp.gather(-1, input_ids[index[0], index[1] + 1][:, None]).squeeze(-1)
+    logprobs = logprobs.index_put(index, chosen)
     if with_entropy:
         with torch.no_grad():
-            values = -(logp.exp() * logp).sum(-1)
-            entropy = torch.zeros(batch, width, device=device).scatter(1, column, values)[:, :-1]
+            entropy = entropy.index_put(index, -(logp.exp() * logp).sum(-1))
     return logprobs, entropy
 
 
 def computed_tokens(input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None = None,
                     lengths: torch.Tensor | None = None) -> int:
-    """Token positions `shared_prefix_logprobs` runs through the model: U·P + B·C, padding included."""
+    """Tokens `shared_prefix_logprobs` runs through the model's layers: each distinct prompt once, plus
+    every row's completion."""
     plen, ends, _, starts = _layout(input_ids, prompt_lengths, lengths)
-    return len(starts) * int(plen.max()) + len(plen) * max(0, int((ends - plen).max()))
+    return int(plen[starts].sum() + (ends - plen).clamp(min=0).sum())
 
 
 def _layout(input_ids: torch.Tensor, prompt_lengths: torch.Tensor | None, lengths: torch.Tensor | None):
@@ -114,11 +120,9 @@ def _distinct_prompts(input_ids: torch.Tensor, plen: torch.Tensor) -> tuple[torc
     return torch.tensor(group), torch.tensor(starts)
 
 
-def _take(ids: torch.Tensor, columns: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """ids[row, columns] where columns < the row's end, else 0 (a valid token id whose output is unused)."""
-    inside = columns < ends[:, None]
-    taken = ids.cpu().gather(1, columns.clamp(max=ids.shape[1] - 1))
-    return taken.masked_fill(~inside, 0)
+def _take(ids: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """ids[row, columns] on the CPU, columns past the end clamped (padding whose outputs are never used)."""
+    return ids.cpu().gather(1, columns.clamp(max=ids.shape[1] - 1))
 
 
 __all__ = ["shared_prefix_logprobs", "can_run", "computed_tokens"]
