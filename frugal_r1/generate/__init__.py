@@ -13,6 +13,7 @@ The semantics of every field are in backend.py; the files are:
     engine.py       the shared decode loop; `Engine` for our model on the latent cache
     speculative.py  MTP drafting + verification (Engine(..., speculative=True))
     hf_backend.py   `HFBackend` for transformers causal LM directories
+    llama_family.py the decoder HFBackend uses for Llama, Qwen2 and Mistral (the module's own weights)
 """
 
 from __future__ import annotations
