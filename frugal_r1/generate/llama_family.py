@@ -177,8 +177,8 @@ class LlamaFamilyStepper:
     """The decode loop's Stepper (engine.py) for a supported model; see the module docstring.
 
     Each distinct prompt's keys and values are kept once, [U, H_kv, P, D]; the rows sharing it are its
-    "slots" (row r of prompt u at u·n + r, n = the most rows any prompt has), so one matmul per prompt scores
-    all its rows' queries against its keys. Completion keys and values are per row, [B, H_kv, budget, D].
+    "slots" (row r of prompt u at u·n + r, n = the most rows any prompt has), so one batched matmul scores
+    every prompt's rows against its keys. Completion keys and values are per row, [B, H_kv, budget, D].
     """
 
     def __init__(self, model: nn.Module):
