@@ -8,9 +8,14 @@
 - grpo: `prompts` (or `steps × prompts_per_step`) × `group_size` G sequences of `prompt_tokens` P plus
   `mean_new_tokens` M generated (memory uses `max_new_tokens`).
     rollouts  each sequence goes once through the model forward with the latent cache (absorbed MLA):
-              2·N·(P+M) + L·attention(absorbed)·(P+M)(P+M+1)/2 FLOPs
-    training  `updates` μ passes of forward + backward over the P+M tokens (no MTP), plus one forward
-              for the old policy's log-probs when μ > 1 and one for the reference model when `reference`.
+              2·N·(P+M) + L·attention(absorbed)·(P+M)(P+M+1)/2 FLOPs, × `sampling_rounds` (dynamic
+              sampling generates again while too many groups have equal rewards; 1 without it)
+    training  `updates` μ passes of forward + backward over the P+M tokens (no MTP) of the
+              `trained_fraction` of sequences that train (dynamic sampling drops equal-reward groups),
+              plus one forward for the old policy's log-probs when μ > 1 and one for the reference model
+              when `reference`.
+  Before a run, rounds and fraction are 1 (the most a run can generate per round, all trained); after
+  one, the report sets them, P and M from what the run measured.
 
 Time = FLOPs / (devices × peak[precision] × MFU), with the training MFU for training passes and the
 generation MFU for rollouts (decoding is memory-bound, so it reaches a smaller fraction of peak); both come
@@ -72,6 +77,8 @@ class Stage:
     max_new_tokens: int = 0
     updates: int = 1  # μ
     reference: bool = False
+    sampling_rounds: float = 1.0  # mean rollout rounds per step (dynamic sampling)
+    trained_fraction: float = 1.0  # of the sequences per step, those that reach the training passes
     precision: str = "bf16"
     mfu: float | None = None
     generation_mfu: float | None = None
@@ -87,6 +94,10 @@ class Stage:
                 raise UserError(f"stage {label}: grpo needs prompts, or steps and prompts_per_step")
             if self.max_new_tokens <= 0 and not self.mean_new_tokens:
                 raise UserError(f"stage {label}: grpo needs max_new_tokens")
+            if self.sampling_rounds < 1:
+                raise UserError(f"stage {label}: sampling_rounds must be >= 1, got {self.sampling_rounds}")
+            if not 0 <= self.trained_fraction <= 1:
+                raise UserError(f"stage {label}: trained_fraction must be in [0, 1], got {self.trained_fraction}")
         elif self.tokens is None and (self.steps is None or self.batch_size is None):
             raise UserError(f"stage {label}: {self.kind} needs tokens, or steps and batch_size (× seq_len)")
 
@@ -267,18 +278,20 @@ def project_stage(stage: Stage, cfg: ModelConfig, hardware: Hardware, devices: i
         sequences = prompts * stage.group_size
         new_tokens = stage.mean_new_tokens or stage.max_new_tokens
         length = stage.prompt_tokens + new_tokens
-        tokens = sequences * length * stage.updates
-        generation = _sequence_forward(cfg, length, absorbed=True) * sequences
+        generated_sequences = round(sequences * stage.sampling_rounds)
+        trained = round(sequences * stage.trained_fraction)
+        tokens = trained * length * stage.updates
+        generation = _sequence_forward(cfg, length, absorbed=True) * generated_sequences
         extra_forwards = (stage.updates > 1) + stage.reference
         train = (training_flops_per_token(cfg, length, include_mtp=False) * tokens
-                 + _sequence_forward(cfg, length, absorbed=False) * (sequences * extra_forwards))
+                 + _sequence_forward(cfg, length, absorbed=False) * (trained * extra_forwards))
         rollouts_per_device = math.ceil(per_step * stage.group_size / devices)
         micro = stage.micro_batch_size or rollouts_per_device
         max_length = stage.prompt_tokens + stage.max_new_tokens
         fit = memory_fit(cfg, hardware, devices, precision=stage.precision, activation_tokens=micro * max_length,
                          kv_tokens=rollouts_per_device * max_length, reference=stage.reference,
                          include_mtp=False, sharded=sharded)
-        generated = sequences * new_tokens
+        generated = generated_sequences * new_tokens
     else:
         tokens = stage.tokens if stage.tokens is not None else stage.steps * stage.batch_size * stage.seq_len
         include_mtp = cfg.num_nextn_predict_layers > 0 and cfg.mtp_loss_weight > 0

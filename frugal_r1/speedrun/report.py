@@ -60,11 +60,11 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
         cfg = configs[name]
         precision = "bf16" if cfg.train.bf16 else "fp32"
         if name == "grpo":
-            mean_new = int(_mean_completion(out / "grpo") or cfg.rl.max_new_tokens)
+            rollouts = _rollout_shape(out / "grpo", cfg.rl)
             stages.append(Stage(kind="grpo", steps=cfg.train.steps // max(1, cfg.rl.updates),
                                 prompts_per_step=cfg.rl.prompts_per_step, group_size=cfg.rl.group_size,
-                                prompt_tokens=64, mean_new_tokens=mean_new, max_new_tokens=cfg.rl.max_new_tokens,
-                                updates=cfg.rl.updates, reference=cfg.rl.beta > 0, precision=precision))
+                                max_new_tokens=cfg.rl.max_new_tokens, updates=cfg.rl.updates,
+                                reference=cfg.rl.beta > 0, precision=precision, **rollouts))
         else:
             stages.append(Stage(kind=name, steps=cfg.train.steps,
                                 batch_size=cfg.data.batch_size * cfg.train.grad_accum,
@@ -74,9 +74,21 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
             for name, s in zip(STAGES, result.stages)}
 
 
-def _mean_completion(stage_dir: Path) -> float | None:
-    values = [r["completion_length_mean"] for r in read_metrics(stage_dir) if "completion_length_mean" in r]
-    return sum(values) / len(values) if values else None
+def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any]:
+    """What the GRPO run's rollouts measured (per-step means): prompt and completion tokens, sampling rounds
+    and the fraction of the step's sequences that trained; the planner's defaults where nothing was logged."""
+    records = [r for r in read_metrics(stage_dir) if "completion_length_mean" in r]
+    if not records:
+        return {"prompt_tokens": 64, "mean_new_tokens": rl.max_new_tokens}
+
+    def mean(key: str, default: float) -> float:
+        return sum(r.get(key, default) for r in records) / len(records)
+
+    per_step = rl.prompts_per_step * rl.group_size
+    return {"prompt_tokens": round(mean("prompt_length_mean", 64)),
+            "mean_new_tokens": round(mean("completion_length_mean", rl.max_new_tokens)),
+            "sampling_rounds": mean("sampling_rounds", 1), "trained_fraction":
+            sum(min(r.get("kept_completions", per_step), per_step) for r in records) / (per_step * len(records))}
 
 
 def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: dict, timings: dict[str, float],
