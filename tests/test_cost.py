@@ -130,6 +130,17 @@ def test_grpo_projection_counts_rollouts_and_training_passes():
     assert result.memory.reference == counts.total_with_mtp * 2
 
 
+def test_grpo_projection_with_dynamic_sampling_generates_more_and_trains_fewer():
+    cfg = preset("tiny")
+    base = dict(prompts=64, prompts_per_step=8, group_size=4, prompt_tokens=20, max_new_tokens=100)
+    plain = project([Stage("grpo", **base)], cfg, GPU).stages[0]
+    dynamic = project([Stage("grpo", sampling_rounds=1.5, trained_fraction=0.75, **base)], cfg, GPU).stages[0]
+    # 256 sequences a round: 384 generated over 1.5 rounds, 192 of the step's 256 trained.
+    assert dynamic.generation_flops.total == plain.generation_flops.total * 384 // 256
+    assert dynamic.train_flops.total == plain.train_flops.total * 192 // 256
+    assert dynamic.generated_tokens == 384 * 100 and dynamic.tokens == 192 * 120
+
+
 def test_memory_fit_warns_before_out_of_memory():
     cfg = preset("deepseek-v3-671b")
     n = count_parameters(cfg).total_with_mtp
@@ -155,6 +166,10 @@ def test_stage_validation():
         Stage("pretrain")
     with pytest.raises(UserError, match="grpo needs prompts"):
         Stage("grpo", max_new_tokens=10)
+    with pytest.raises(UserError, match="sampling_rounds"):
+        Stage("grpo", prompts=4, max_new_tokens=10, sampling_rounds=0.5)
+    with pytest.raises(UserError, match="trained_fraction"):
+        Stage("grpo", prompts=4, max_new_tokens=10, trained_fraction=1.5)
     with pytest.raises(UserError, match="unknown key.*lr"):
         Stage.from_dict({"kind": "sft", "tokens": 5, "lr": 1e-4})
     with pytest.raises(UserError, match="devices"):

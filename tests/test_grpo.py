@@ -128,3 +128,22 @@ def test_bad_rl_config(tiny_frugal, tmp_path, setting, message):
     result = run_cli("grpo", "--init", str(tiny_frugal), *GRPO, "--steps", "1", "--out", str(tmp_path / "r"),
                      "--set", setting, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_reward_hacking_warning_fires_only_when_reward_rises_while_accuracy_falls(capsys):
+    from functools import partial
+    from types import SimpleNamespace
+
+    from frugal_r1.train.grpo import GRPOStage
+
+    stage = SimpleNamespace(previous_eval={}, _train_reward_history=[0.2] * 5)
+    stage._recent_train_reward = partial(GRPOStage._recent_train_reward, stage)
+    warning = partial(GRPOStage._reward_hacking_warning, stage)
+    assert warning(0.5) == {}  # the first evaluation has nothing to compare with
+    stage.previous_eval = {"eval_pass@1": 0.5, "train_reward": 0.2}
+    stage._train_reward_history += [0.6] * 5
+    assert warning(0.3) == {"warning_reward_hacking": 1.0}
+    assert "possible reward hacking" in capsys.readouterr().out
+    assert warning(0.5) == {"warning_reward_hacking": 0.0}  # held-out accuracy held
+    stage._train_reward_history += [0.2] * 5
+    assert warning(0.3) == {"warning_reward_hacking": 0.0}  # training reward did not rise
