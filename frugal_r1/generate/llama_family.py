@@ -104,20 +104,24 @@ def signed_sin(sin: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Layer:
     """One decoder layer's parameters (the module's own tensors), looked up once per forward: nn.Module
-    attribute access and calls cost more than a tiny model's arithmetic. q/k/v and gate/up are each
-    concatenated into one weight (one matmul instead of three and two; under autograd the concatenation's
-    backward hands each parameter its slice of the gradient)."""
+    attribute access and calls cost more than a tiny model's arithmetic."""
 
     input_norm: torch.Tensor
     input_eps: float
     post_norm: torch.Tensor
     post_eps: float
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    q: torch.Tensor
+    q_bias: torch.Tensor | None
+    k: torch.Tensor
+    k_bias: torch.Tensor | None
+    v: torch.Tensor
+    v_bias: torch.Tensor | None
     o: torch.Tensor
     o_bias: torch.Tensor | None
-    gate_up: torch.Tensor
-    gate_up_bias: torch.Tensor | None
+    gate: torch.Tensor
+    gate_bias: torch.Tensor | None
+    up: torch.Tensor
+    up_bias: torch.Tensor | None
     down: torch.Tensor
     down_bias: torch.Tensor | None
     act: nn.Module
@@ -129,37 +133,27 @@ class Layer:
     @classmethod
     def of(cls, layer: nn.Module) -> "Layer":
         attn, mlp = layer.self_attn, layer.mlp
+        linears = [getattr(attn, p) for p in _PROJECTIONS] + [getattr(mlp, p) for p in _MLP]
+        tensors = [t for m in linears for t in (m.weight, m.bias)]
         head_dim = attn.head_dim
         norm, post = layer.input_layernorm, layer.post_attention_layernorm
-        qkv, qkv_bias = _concatenated([attn.q_proj, attn.k_proj, attn.v_proj])
-        gate_up, gate_up_bias = _concatenated([mlp.gate_proj, mlp.up_proj])
-        return cls(norm.weight, norm.variance_epsilon, post.weight, post.variance_epsilon, qkv, qkv_bias,
-                   attn.o_proj.weight, attn.o_proj.bias, gate_up, gate_up_bias, mlp.down_proj.weight,
-                   mlp.down_proj.bias, mlp.act_fn, attn.q_proj.out_features // head_dim,
-                   attn.k_proj.out_features // head_dim, head_dim, attn.scaling)
+        return cls(norm.weight, norm.variance_epsilon, post.weight, post.variance_epsilon, *tensors, mlp.act_fn,
+                   attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim, attn.scaling)
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
         """x [..., d] -> q [..., H, D], k and v [..., H_kv, D], RoPE applied (cos/sin [..., 1, D])."""
         h = rms_norm(x, self.input_norm, self.input_eps)
-        q, k, v = F.linear(h, self.qkv_weight, self.qkv_bias).unflatten(-1, (-1, self.head_dim)).split(
-            [self.heads, self.kv_heads, self.kv_heads], dim=-2)
+        q = F.linear(h, self.q, self.q_bias).unflatten(-1, (self.heads, self.head_dim))
+        k = F.linear(h, self.k, self.k_bias).unflatten(-1, (self.kv_heads, self.head_dim))
+        v = F.linear(h, self.v, self.v_bias).unflatten(-1, (self.kv_heads, self.head_dim))
         return rope(q, cos, sin_signed), rope(k, cos, sin_signed), v
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Residual stream after the attention output [..., H·D] and the MLP."""
         x = x + F.linear(attended, self.o, self.o_bias)
         h = rms_norm(x, self.post_norm, self.post_eps)
-        gate, up = F.linear(h, self.gate_up, self.gate_up_bias).chunk(2, dim=-1)
-        return x + F.linear(self.act(gate) * up, self.down, self.down_bias)
-
-
-def _concatenated(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The linears' weights stacked along the output dimension, and their biases (zeros for one without)."""
-    weight = torch.cat([m.weight for m in linears])
-    if all(m.bias is None for m in linears):
-        return weight, None
-    return weight, torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                              for m in linears])
+        gated = self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias)
+        return x + F.linear(gated, self.down, self.down_bias)
 
 
 def layers_of(model: nn.Module) -> list[Layer]:
