@@ -23,6 +23,7 @@ from frugal_r1.metrics import read_metrics
 FLOORS = {"chain_sum": 0.80, "leg_counting": 0.70, "basic_arithmetic": 0.60, "countdown": 0.20, "puzzle24": 0.20}
 AIMS = {"chain_sum": 0.95, "leg_counting": 0.90, "basic_arithmetic": 0.80, "countdown": 0.50, "puzzle24": 0.50}
 STAGES = ("pretrain", "sft", "grpo")
+UNMEASURED_PROMPT_TOKENS = 64  # the GRPO projection's prompt length for a run that logged none
 
 
 def _tasks(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -76,19 +77,19 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
 
 def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any]:
     """What the GRPO run's rollouts measured (per-step means): prompt and completion tokens, sampling rounds
-    and the fraction of the step's sequences that trained; the planner's defaults where nothing was logged."""
+    and the fraction of the step's sequences that trained; defaults where nothing was logged."""
     records = [r for r in read_metrics(stage_dir) if "completion_length_mean" in r]
     if not records:
-        return {"prompt_tokens": 64, "mean_new_tokens": rl.max_new_tokens}
-
-    def mean(key: str, default: float) -> float:
-        return sum(r.get(key, default) for r in records) / len(records)
-
+        return {"prompt_tokens": UNMEASURED_PROMPT_TOKENS, "mean_new_tokens": rl.max_new_tokens}
     per_step = rl.prompts_per_step * rl.group_size
-    return {"prompt_tokens": round(mean("prompt_length_mean", 64)),
-            "mean_new_tokens": round(mean("completion_length_mean", rl.max_new_tokens)),
-            "sampling_rounds": mean("sampling_rounds", 1), "trained_fraction":
-            sum(min(r.get("kept_completions", per_step), per_step) for r in records) / (per_step * len(records))}
+
+    def mean(value) -> float:
+        return sum(value(r) for r in records) / len(records)
+
+    return {"prompt_tokens": round(mean(lambda r: r.get("prompt_length_mean", UNMEASURED_PROMPT_TOKENS))),
+            "mean_new_tokens": round(mean(lambda r: r["completion_length_mean"])),
+            "sampling_rounds": mean(lambda r: r.get("sampling_rounds", 1)),
+            "trained_fraction": mean(lambda r: min(r.get("kept_completions", per_step), per_step) / per_step)}
 
 
 def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: dict, timings: dict[str, float],

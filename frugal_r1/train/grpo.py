@@ -187,7 +187,7 @@ class GRPOStage:
         kept: list[tuple[dict, Any, float]] = []
         stats: dict[str, list[float]] = {}
         all_rewards, all_lengths, truncated, zero_std_groups, groups = [], [], 0, 0, 0
-        prompt_lengths: list[int] = []
+        prompt_tokens = 0
         for round_ in range(rl.max_sampling_rounds if rl.dynamic_sampling else 1):
             rows = self._rows(rl.prompts_per_step)
             prompts = [policy.prompt(row, rl.prompt_format) for row in rows]
@@ -216,7 +216,7 @@ class GRPOStage:
             groups += grouped.shape[0]
             all_rewards += total
             all_lengths += [len(c.token_ids) for c in completions]
-            prompt_lengths += [len(c.prompt_ids) for c in completions]
+            prompt_tokens += sum(len(c.prompt_ids) for c in completions)
             truncated += sum(c.finish_reason == "length" for c in completions)
             for i, c in enumerate(completions):
                 if rl.dynamic_sampling and zero_std[i // rl.group_size]:
@@ -239,7 +239,7 @@ class GRPOStage:
             "frac_reward_zero_std": zero_std_groups / max(1, groups),
             "completion_length_mean": sum(all_lengths) / len(all_lengths), "completion_length_max": max(all_lengths),
             "clipped_ratio": truncated / len(all_lengths), "kept_completions": len(kept),
-            "sampling_rounds": round_ + 1, "prompt_length_mean": sum(prompt_lengths) / len(prompt_lengths),
+            "sampling_rounds": round_ + 1, "prompt_length_mean": prompt_tokens / len(all_lengths),
             "seconds_generation": generation, "seconds_scoring": scoring,
         }
 
