@@ -141,6 +141,19 @@ def test_grpo_projection_with_dynamic_sampling_generates_more_and_trains_fewer()
     assert dynamic.generated_tokens == 384 * 100 and dynamic.tokens == 192 * 120
 
 
+def test_grpo_projection_counts_padded_training_and_evaluations():
+    cfg = preset("tiny")
+    base = dict(prompts=64, prompts_per_step=8, group_size=4, prompt_tokens=20, max_new_tokens=100)
+    plain = project([Stage("grpo", **base)], cfg, GPU).stages[0]
+    padded = project([Stage("grpo", train_length=240, **base)], cfg, GPU).stages[0]
+    assert padded.tokens == 2 * plain.tokens == 256 * 240
+    assert padded.train_flops.total == training_flops_per_token(cfg, 240, include_mtp=False).total * 256 * 240
+    assert padded.generation_flops == plain.generation_flops  # rollouts are as long as they were
+    evaluated = project([Stage("grpo", eval_sequences=64, **base)], cfg, GPU).stages[0]
+    assert evaluated.generation_flops.total == plain.generation_flops.total * (256 + 64) // 256
+    assert evaluated.train_flops == plain.train_flops
+
+
 def test_memory_fit_warns_before_out_of_memory():
     cfg = preset("deepseek-v3-671b")
     n = count_parameters(cfg).total_with_mtp
@@ -170,6 +183,8 @@ def test_stage_validation():
         Stage("grpo", prompts=4, max_new_tokens=10, sampling_rounds=0.5)
     with pytest.raises(UserError, match="trained_fraction"):
         Stage("grpo", prompts=4, max_new_tokens=10, trained_fraction=1.5)
+    with pytest.raises(UserError, match="eval_sequences"):
+        Stage("grpo", prompts=4, max_new_tokens=10, eval_sequences=-1)
     with pytest.raises(UserError, match="unknown key.*lr"):
         Stage.from_dict({"kind": "sft", "tokens": 5, "lr": 1e-4})
     with pytest.raises(UserError, match="devices"):
@@ -225,8 +240,27 @@ def test_cli_bad_recipe_toml(tmp_path, capsys):
     cases = (("[model\n", "not valid TOML"),
              ('[model]\npreset = "huge"\n[[stage]]\nkind = "sft"\ntokens = 1\n', "unknown preset"),
              ("[model]\n", "no [[stage]]"),
-             ("[train]\nlr = 1\n", "unknown table"))
+             ("[train]\nlr = 1\n", "no [[stage]]"),
+             ('[model]\npreset = "tiny"\n[[stage]]\nkind = "sft"\ntokens = 1\n[data]\n', "unknown table"),
+             ('[pretrain.train]\nsteps = "many"\n', "steps"))
     for text, message in cases:
         recipe.write_text(text)
         assert main(["cost", "--recipe", str(recipe), "--hardware", "H100"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_prices_the_speedrun_recipe(capsys):
+    """The run recipe itself, not a planner schema: its stages' own steps, batches, rollouts and evaluations."""
+    from frugal_r1.recipe import load_stage
+    from frugal_r1.speedrun.run import DEFAULT_RECIPE
+
+    assert main(["cost", "--recipe", str(DEFAULT_RECIPE), "--hardware", "H100", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in data["stages"]] == ["pretrain", "sft", "grpo"]
+    pretrain, sft, grpo = (load_stage(name, DEFAULT_RECIPE) for name in ("pretrain", "sft", "grpo"))
+    assert data["stages"][0]["tokens"] == pretrain.train.steps * pretrain.data.batch_size * pretrain.data.seq_len
+    assert data["stages"][1]["tokens"] == sft.train.steps * sft.data.batch_size * sft.data.seq_len
+    rl = grpo.rl
+    rollouts = grpo.train.steps * rl.prompts_per_step * rl.group_size
+    evaluations = rl.eval_n * rl.eval_samples * len(grpo.data.tasks)
+    assert data["stages"][2]["generated_tokens"] == (rollouts + evaluations) * rl.max_new_tokens

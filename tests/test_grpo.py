@@ -147,3 +147,23 @@ def test_reward_hacking_warning_fires_only_when_reward_rises_while_accuracy_fall
     assert warning(0.5) == {"warning_reward_hacking": 0.0}  # held-out accuracy held
     stage._train_reward_history += [0.2] * 5
     assert warning(0.3) == {"warning_reward_hacking": 0.0}  # training reward did not rise
+
+
+def test_micro_batches_keep_groups_whole_and_pad_only_to_similar_lengths():
+    from functools import partial
+    from types import SimpleNamespace
+
+    from frugal_r1.recipe import RLConfig
+    from frugal_r1.train.grpo import GRPOStage
+
+    rl = RLConfig(group_size=2, overlong="mask")
+    stage = SimpleNamespace(rl=rl, grad_accum=2, bf16=False, reference=None,
+                            policy=SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0)))
+    completion_lengths = [3, 40, 5, 6, 30, 2, 4, 4]  # groups (prompt 0…3) of two completions each
+    kept = [({"group": i // 2}, SimpleNamespace(prompt_ids=[7, 7], token_ids=[5] * n, finish_reason="stop"),
+             float(i)) for i, n in enumerate(completion_lengths)]
+    batches = partial(GRPOStage._micro_batches, stage)(kept)
+    # Groups by their longest completion: prompt 3 (4), prompt 1 (6), prompt 2 (30), prompt 0 (40).
+    assert [b.advantages.tolist() for b in batches] == [[6.0, 7.0, 2.0, 3.0], [4.0, 5.0, 0.0, 1.0]]
+    assert [tuple(b.input_ids.shape) for b in batches] == [(4, 8), (4, 42)]  # an interleaved split pads both to 42
+    assert [b.mask.sum().item() for b in batches] == [4 + 4 + 5 + 6, 30 + 2 + 3 + 40]

@@ -67,6 +67,9 @@ def test_toy_speedrun_end_to_end(tmp_path):
         assert (out / png).stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "## Tasks" in text and "Before and after GRPO" in text and "predicted" in text
+    for stage in ("pretrain", "sft"):  # the report's projection counts exactly what the ledger counted
+        assert report["predicted"][stage]["flops"] == pytest.approx(report["ledgers"][stage]["flops"], rel=1e-9)
+    assert report["predicted"]["grpo"]["seconds"] > 0
     assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer.json").exists()
     from transformers import AutoTokenizer
     assert AutoTokenizer.from_pretrained(out / "final") is not None
@@ -89,3 +92,21 @@ def test_minutes_scale_every_stage():
         "basic_arithmetic": {"max_digits": 2, "max_terms": 4},
         "countdown": {"min_numbers": 3, "max_numbers": 4, "min_value": 1, "max_value": 50, "min_target": 10,
                       "max_target": 100}}
+
+
+@pytest.mark.slow
+def test_scaled_speedrun_projection_within_30_percent_of_its_ledgers(tmp_path):
+    """F8: the real recipe at half its budget, every stage's predicted time within ±30% of the ledger's
+    wall time. A timing comparison, so it is kept out of the default run: on a quiet 2-core machine."""
+    text = DEFAULT_RECIPE.read_text()
+    assert "eval_n = 200" in text
+    recipe = tmp_path / "speedrun.toml"
+    recipe.write_text(text.replace("eval_n = 200", "eval_n = 2"))
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "frugal_r1.cli", "speedrun", "--config", str(recipe), "--out",
+                             str(out), "--minutes", "15"], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for stage in ("pretrain", "sft", "grpo"):
+        measured = report["ledgers"][stage]["wall_seconds"]
+        assert report["predicted"][stage]["seconds"] == pytest.approx(measured, rel=0.30), stage

@@ -7,7 +7,9 @@
 
 Every view takes `--json` (keys gpu_hours, usd, kwh, flops, and a `stages` list with the same keys).
 
-Recipe format. The project's recipe format is not settled yet, so this reads a small schema of its own:
+Recipes. A run recipe (recipes/speedrun.toml, any `--config` file with [pretrain.*] / [sft.*] / [grpo.*]
+tables) is priced stage by stage from its own settings (frugal_r1.cost.run_recipe). For runs that do not exist
+as recipes yet, a planner recipe names the stages directly:
 
     [model]
     preset = "small"            # a frugal_r1.model preset; any other key overrides a ModelConfig field
@@ -27,7 +29,7 @@ Recipe format. The project's recipe format is not settled yet, so this reads a s
     max_new_tokens = 256
     mean_new_tokens = 160
 
-`load_recipe` is the only place that knows this layout; adapt it when the real format lands.
+`load_recipe` tells the two apart: a planner recipe has [[stage]] tables.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from rich.table import Table
 from frugal_r1.cost import deepseek_v3
 from frugal_r1.cost.hardware import Hardware, get_hardware, load_profiles
 from frugal_r1.cost.planner import Projection, Stage, project
+from frugal_r1.cost.run_recipe import recipe_stages
 from frugal_r1.errors import UserError
 from frugal_r1.model.config import ModelConfig, preset
 
@@ -106,6 +109,8 @@ def load_recipe(path: Path) -> tuple[ModelConfig, list[Stage]]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML: {error}") from None
+    if "stage" not in data:
+        return recipe_stages(path)
     unknown = sorted(set(data) - {"model", "stage"})
     if unknown:
         raise UserError(f"{path}: unknown table(s) {', '.join(unknown)}; expected [model] and [[stage]]")

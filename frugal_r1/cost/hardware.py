@@ -15,7 +15,7 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.02 for generation, calibrated from
+- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.037 for generation, calibrated from
   the 30-minute speedrun's ledgers on this machine class (see CPU_MFU). Other tenants on the same cores
   can cut the real figure tenfold; a projection assumes the machine to itself.
 """
@@ -38,10 +38,12 @@ DEFAULT_GENERATION_MFU = 0.1
 CPU_WATTS_PER_CORE = 4.0
 CPU_USD_PER_CORE_HOUR = 0.05
 # Calibrated from the ledgers of the 30-minute speedrun on this 2-vCPU machine class (2026-11-28): pretrain
-# and SFT of the `small` preset reached 12.8% of the measured bf16 peak; GRPO's rollouts ~2% (decoding is
-# latency-bound); fp32 from benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down.
+# and SFT of the `small` preset reached 12.8% of the measured bf16 peak; fp32 from
+# benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down. Generation: GRPO's logged rollout
+# seconds against the planner's rollout FLOPs at the measured rollout shape, 3.8% and 3.7% of the bf16 peak
+# in a 30- and a 15-minute speedrun (the decoder runs fp32 and is latency-bound).
 CPU_MFU = {"fp32": 0.45, "bf16": 0.13}
-CPU_GENERATION_MFU = 0.02
+CPU_GENERATION_MFU = 0.037
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 _FIELDS = {"peak_tflops", "memory_gb", "memory_bandwidth_gbs", "interconnect_gbs", "power_w", "usd_per_hour",

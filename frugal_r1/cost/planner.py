@@ -9,13 +9,15 @@
   `mean_new_tokens` M generated (memory uses `max_new_tokens`).
     rollouts  each sequence goes once through the model forward with the latent cache (absorbed MLA):
               2·N·(P+M) + L·attention(absorbed)·(P+M)(P+M+1)/2 FLOPs, × `sampling_rounds` (dynamic
-              sampling generates again while too many groups have equal rewards; 1 without it)
-    training  `updates` μ passes of forward + backward over the P+M tokens (no MTP) of the
+              sampling generates again while too many groups have equal rewards; 1 without it), plus
+              `eval_sequences` held-out completions (the stage's periodic and final evaluations)
+    training  `updates` μ passes of forward + backward over `train_length` positions per sequence (no
+              MTP; default P+M, more where micro-batches are padded to their longest sequence) of the
               `trained_fraction` of sequences that train (dynamic sampling drops equal-reward groups),
               plus one forward for the old policy's log-probs when μ > 1 and one for the reference model
               when `reference`.
   Before a run, rounds and fraction are 1 (the most a run can generate per round, all trained); after
-  one, the report sets them, P and M from what the run measured.
+  one, the report sets them, P, M and the padded training length from what the run measured.
 
 Time = FLOPs / (devices × peak[precision] × MFU), with the training MFU for training passes and the
 generation MFU for rollouts (decoding is memory-bound, so it reaches a smaller fraction of peak); both come
@@ -79,6 +81,9 @@ class Stage:
     reference: bool = False
     sampling_rounds: float = 1.0  # mean rollout rounds per step (dynamic sampling)
     trained_fraction: float = 1.0  # of the sequences per step, those that reach the training passes
+    train_length: int | None = None  # positions a training pass computes per sequence (padding included);
+    # default prompt_tokens + mean_new_tokens
+    eval_sequences: int = 0  # held-out completions the stage generates (GRPO's evaluations)
     precision: str = "bf16"
     mfu: float | None = None
     generation_mfu: float | None = None
@@ -98,6 +103,8 @@ class Stage:
                 raise UserError(f"stage {label}: sampling_rounds must be >= 1, got {self.sampling_rounds}")
             if not 0 <= self.trained_fraction <= 1:
                 raise UserError(f"stage {label}: trained_fraction must be in [0, 1], got {self.trained_fraction}")
+            if self.eval_sequences < 0 or (self.train_length is not None and self.train_length < 1):
+                raise UserError(f"stage {label}: eval_sequences must be >= 0 and train_length >= 1")
         elif self.tokens is None and (self.steps is None or self.batch_size is None):
             raise UserError(f"stage {label}: {self.kind} needs tokens, or steps and batch_size (× seq_len)")
 
@@ -146,7 +153,7 @@ class MemoryFit:
 class StageProjection:
     name: str
     kind: str
-    tokens: int  # tokens through training passes (grpo: sequences × (P+M) × μ)
+    tokens: int  # tokens through training passes (grpo: trained sequences × train_length × μ)
     generated_tokens: int
     train_flops: FlopCounts
     generation_flops: FlopCounts
@@ -278,13 +285,14 @@ def project_stage(stage: Stage, cfg: ModelConfig, hardware: Hardware, devices: i
         sequences = prompts * stage.group_size
         new_tokens = stage.mean_new_tokens or stage.max_new_tokens
         length = stage.prompt_tokens + new_tokens
-        generated_sequences = round(sequences * stage.sampling_rounds)
+        generated_sequences = round(sequences * stage.sampling_rounds) + stage.eval_sequences
         trained = round(sequences * stage.trained_fraction)
-        tokens = trained * length * stage.updates
+        train_length = stage.train_length or length
+        tokens = trained * train_length * stage.updates
         generation = _sequence_forward(cfg, length, absorbed=True) * generated_sequences
         extra_forwards = (stage.updates > 1) + stage.reference
-        train = (training_flops_per_token(cfg, length, include_mtp=False) * tokens
-                 + _sequence_forward(cfg, length, absorbed=False) * (trained * extra_forwards))
+        train = (training_flops_per_token(cfg, train_length, include_mtp=False) * tokens
+                 + _sequence_forward(cfg, train_length, absorbed=False) * (trained * extra_forwards))
         rollouts_per_device = math.ceil(per_step * stage.group_size / devices)
         micro = stage.micro_batch_size or rollouts_per_device
         max_length = stage.prompt_tokens + stage.max_new_tokens

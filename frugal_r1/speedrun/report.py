@@ -23,7 +23,6 @@ from frugal_r1.metrics import read_metrics
 FLOORS = {"chain_sum": 0.80, "leg_counting": 0.70, "basic_arithmetic": 0.60, "countdown": 0.20, "puzzle24": 0.20}
 AIMS = {"chain_sum": 0.95, "leg_counting": 0.90, "basic_arithmetic": 0.80, "countdown": 0.50, "puzzle24": 0.50}
 STAGES = ("pretrain", "sft", "grpo")
-UNMEASURED_PROMPT_TOKENS = 64  # the GRPO projection's prompt length for a run that logged none
 
 
 def _tasks(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -51,45 +50,39 @@ def gain_interval(before: dict[str, Any], after: dict[str, Any], rounds: int = 2
 
 def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
     """The planner's prediction for each stage on this machine (F8), to set beside the ledgers."""
-    from frugal_r1.cost.planner import Stage, project
+    from frugal_r1.cost.planner import project
+    from frugal_r1.cost.run_recipe import planner_stage
     from frugal_r1.ledger import resolve_hardware
     from frugal_r1.model.config import ModelConfig
 
     model_cfg = ModelConfig.from_hf_dict(json.loads((out / "pretrain" / "final" / "config.json").read_text()))
-    stages = []
-    for name in STAGES:
-        cfg = configs[name]
-        precision = "bf16" if cfg.train.bf16 else "fp32"
-        if name == "grpo":
-            rollouts = _rollout_shape(out / "grpo", cfg.rl)
-            stages.append(Stage(kind="grpo", steps=cfg.train.steps // max(1, cfg.rl.updates),
-                                prompts_per_step=cfg.rl.prompts_per_step, group_size=cfg.rl.group_size,
-                                max_new_tokens=cfg.rl.max_new_tokens, updates=cfg.rl.updates,
-                                reference=cfg.rl.beta > 0, precision=precision, **rollouts))
-        else:
-            stages.append(Stage(kind=name, steps=cfg.train.steps,
-                                batch_size=cfg.data.batch_size * cfg.train.grad_accum,
-                                seq_len=cfg.data.seq_len, precision=precision))
+    stages = [planner_stage(name, configs[name], _rollout_shape(out / name, configs[name].rl) if name == "grpo"
+                            else None) for name in STAGES]
     result = project(stages, model_cfg, resolve_hardware("cpu"))
     return {name: {"seconds": s.seconds, "usd": s.usd, "kwh": s.kwh, "flops": float(s.flops)}
             for name, s in zip(STAGES, result.stages)}
 
 
-def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any]:
-    """What the GRPO run's rollouts measured (per-step means): prompt and completion tokens, sampling rounds
-    and the fraction of the step's sequences that trained; defaults where nothing was logged."""
+def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any] | None:
+    """What the GRPO run's rollouts measured (per-step means): prompt and completion tokens, sampling rounds,
+    the fraction of the step's sequences that trained and the padded length they trained at; None when
+    nothing was logged."""
     records = [r for r in read_metrics(stage_dir) if "completion_length_mean" in r]
     if not records:
-        return {"prompt_tokens": UNMEASURED_PROMPT_TOKENS, "mean_new_tokens": rl.max_new_tokens}
+        return None
     per_step = rl.prompts_per_step * rl.group_size
 
     def mean(value) -> float:
         return sum(value(r) for r in records) / len(records)
 
-    return {"prompt_tokens": round(mean(lambda r: r.get("prompt_length_mean", UNMEASURED_PROMPT_TOKENS))),
-            "mean_new_tokens": round(mean(lambda r: r["completion_length_mean"])),
-            "sampling_rounds": mean(lambda r: r.get("sampling_rounds", 1)),
-            "trained_fraction": mean(lambda r: min(r.get("kept_completions", per_step), per_step) / per_step)}
+    shape = {"mean_new_tokens": round(mean(lambda r: r["completion_length_mean"])),
+             "sampling_rounds": mean(lambda r: r.get("sampling_rounds", 1)),
+             "trained_fraction": mean(lambda r: min(r.get("kept_completions", per_step), per_step) / per_step)}
+    if all("prompt_length_mean" in r for r in records):
+        shape["prompt_tokens"] = round(mean(lambda r: r["prompt_length_mean"]))
+    if all("train_length_mean" in r for r in records):
+        shape["train_length"] = round(mean(lambda r: r["train_length_mean"]))
+    return shape
 
 
 def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: dict, timings: dict[str, float],

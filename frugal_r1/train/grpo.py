@@ -228,6 +228,8 @@ class GRPOStage:
                 break
         generation = time.perf_counter() - started - scoring
         self.buffer = self._micro_batches(kept[: rl.prompts_per_step * rl.group_size])
+        trained_rows = sum(len(b.input_ids) for b in self.buffer)
+        train_length = sum(b.input_ids.numel() for b in self.buffer) / max(1, trained_rows)
         self.served = 0
         self.rollout_index += 1
         reward_mean = sum(all_rewards) / len(all_rewards)
@@ -240,12 +242,23 @@ class GRPOStage:
             "completion_length_mean": sum(all_lengths) / len(all_lengths), "completion_length_max": max(all_lengths),
             "clipped_ratio": truncated / len(all_lengths), "kept_completions": len(kept),
             "sampling_rounds": round_ + 1, "prompt_length_mean": prompt_tokens / len(all_lengths),
+            "train_length_mean": train_length,
             "seconds_generation": generation, "seconds_scoring": scoring,
         }
 
     def _micro_batches(self, kept: list[tuple[dict, Any, float]]) -> list[Rollout]:
         pad = self.policy.tokenizer.pad_token_id or 0
-        chunks = [kept[i::self.grad_accum] for i in range(self.grad_accum)]
+        # Micro-batches of similar lengths: each is padded to its longest sequence, and one truncated
+        # completion would otherwise pad half the step's rows to max_new_tokens. Groups (G consecutive
+        # completions of one prompt) stay together, ordered by their longest, so a Llama-family policy still
+        # computes a shared prompt once. The step's gradient does not depend on the split (the loss
+        # denominator is the whole step's).
+        size = self.rl.group_size
+        groups = sorted((kept[i:i + size] for i in range(0, len(kept), size)),
+                        key=lambda group: max(len(c.prompt_ids) + len(c.token_ids) for _, c, _ in group))
+        kept = [item for group in groups for item in group]
+        bounds = [round(i * len(kept) / self.grad_accum) for i in range(self.grad_accum + 1)]
+        chunks = [kept[bounds[i]:bounds[i + 1]] for i in range(self.grad_accum)]
         out = []
         for chunk in chunks:
             if not chunk:

@@ -1,0 +1,58 @@
+"""Planner stages from run configs: what `frugal-r1 cost --recipe recipes/speedrun.toml` prices before a run,
+and what the speedrun report sets beside its ledgers after one.
+
+`planner_stage(name, cfg, rollouts)` turns one stage's `StageConfig` (frugal_r1.recipe) into a planner
+`Stage`: pretrain and SFT are steps × batch × grad_accum sequences of seq_len tokens; GRPO is steps / μ
+rollout batches of prompts_per_step × G, plus its held-out evaluations (eval_n × eval_samples per task, at
+every `train.eval_every` steps and once at the end). `rollouts` is what a run measured about its rollouts
+(prompt and completion lengths, sampling rounds, trained fraction, padded training length); without it the
+stage assumes `UNMEASURED_PROMPT_TOKENS` of prompt, every completion at max_new_tokens, one round, all trained.
+
+`recipe_stages(path)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
+the model it describes, with the tokenizer's vocab_size as the vocabulary (the trained tokenizer may come
+out smaller, so this is an upper bound).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from frugal_r1.cost.planner import Stage
+from frugal_r1.errors import UserError
+from frugal_r1.model.config import ModelConfig
+from frugal_r1.recipe import STAGES, StageConfig, load_stage
+
+UNMEASURED_PROMPT_TOKENS = 64
+
+
+def planner_stage(name: str, cfg: StageConfig, rollouts: dict[str, Any] | None = None) -> Stage:
+    precision = "bf16" if cfg.train.bf16 else "fp32"
+    if name != "grpo":
+        return Stage(kind=name, steps=cfg.train.steps, batch_size=cfg.data.batch_size * cfg.train.grad_accum,
+                     seq_len=cfg.data.seq_len, precision=precision)
+    rl = cfg.rl
+    evaluations = (cfg.train.steps // cfg.train.eval_every if cfg.train.eval_every else 0) + 1
+    shape = {"prompt_tokens": UNMEASURED_PROMPT_TOKENS, **(rollouts or {})}
+    return Stage(kind="grpo", steps=cfg.train.steps // max(1, rl.updates), prompts_per_step=rl.prompts_per_step,
+                 group_size=rl.group_size, max_new_tokens=rl.max_new_tokens, updates=rl.updates,
+                 reference=rl.beta > 0, precision=precision,
+                 eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)
+
+
+def recipe_stages(path: Path) -> tuple[ModelConfig, list[Stage]]:
+    """The model and the stages of a run recipe with [pretrain.*] / [sft.*] / [grpo.*] tables."""
+    try:
+        names = [name for name in STAGES if name in tomllib.loads(path.read_text(encoding="utf-8"))]
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML: {error}") from None
+    if not names:
+        raise UserError(f"{path}: no [[stage]] tables (a planner recipe) and no [pretrain.*] / [sft.*] / [grpo.*] "
+                        "tables (a run recipe)")
+    configs = {name: load_stage(name, path) for name in names}
+    first = configs[names[0]]
+    return first.model_config(vocab_size=first.data.vocab_size), [planner_stage(n, c) for n, c in configs.items()]
+
+
+__all__ = ["UNMEASURED_PROMPT_TOKENS", "planner_stage", "recipe_stages"]
