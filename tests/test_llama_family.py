@@ -83,6 +83,32 @@ def test_prefill_and_decode_logits_equal_the_full_forward(kind):
         assert torch.allclose(mine, expected[: len(mine)], atol=1e-4, rtol=0), (kind, r)
 
 
+def test_prompt_major_rows_take_the_reshape_path_with_the_same_logits():
+    """GRPO's layout: G rows per prompt, prompts in any order (here not sorted), stacked projections."""
+    model = build("qwen2")
+    rows = [PROMPTS[3]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[0]] * 2
+    ids, pad = left_pad(rows, 0)
+    fed = torch.randint(2, VOCAB, (len(rows), 5), generator=torch.Generator().manual_seed(2))
+    stepper = LlamaFamilyStepper(model)
+    assert all(layer.qkv_stack is not None for layer in stepper.layers)
+    kept = torch.arange(len(rows))
+    with torch.inference_mode():
+        got = {r: [row] for r, row in enumerate(stepper.prefill(ids, pad, fed.shape[1]))}
+        assert stepper.prompt_major
+        for step in range(fed.shape[1] - 1):
+            if step == 2:  # one prompt loses a row: back to the scatter path
+                kept = torch.tensor([0, 1, 2, 4, 5])
+                stepper.keep(kept)
+                assert not stepper.prompt_major
+            positions = torch.tensor([len(rows[r]) + step for r in kept.tolist()])
+            for r, row in zip(kept.tolist(), stepper.step(fed[kept, step], positions)):
+                got[r].append(row)
+    for r, prompt in enumerate(rows):
+        expected = full_logits(model, prompt + fed[r].tolist())[len(prompt) - 1:]
+        mine = torch.stack(got[r])
+        assert torch.allclose(mine, expected[: len(mine)], atol=1e-4, rtol=0), r
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_completions_equal_transformers_cache_path(kind):
     model = build(kind, seed=3)
@@ -107,6 +133,8 @@ def test_weights_are_read_at_each_call():
     before = backend.generate(PROMPTS[:2], greedy)
     with torch.no_grad():  # an optimizer step, in place
         model.model.layers[0].mlp.down_proj.weight.mul_(-3.0)
+        model.model.layers[0].self_attn.q_proj.weight.mul_(2.0)  # stacked per generation, not kept stale
+        model.model.layers[1].mlp.gate_proj.weight.mul_(-1.0)
         model.lm_head.weight.add_(0.05 * torch.randn_like(model.lm_head.weight))
     after = backend.generate(PROMPTS[:2], greedy)
     assert [c.token_ids for c in after] == [c.token_ids for c in HFBackend(model, fast=False).generate(PROMPTS[:2], greedy)]

@@ -2,9 +2,9 @@
 and what the speedrun report sets beside its ledgers after one.
 
 `planner_stage(name, cfg, rollouts)` turns one stage's `StageConfig` (frugal_r1.recipe) into a planner
-`Stage`: pretrain and SFT are steps × batch × grad_accum sequences of seq_len tokens; GRPO is steps / μ
+`Stage`: pretrain and SFT are steps × batch × grad_accum sequences of seq_len tokens; GRPO is ⌈steps / μ⌉
 rollout batches of prompts_per_step × G, plus its held-out evaluations (eval_n × eval_samples per task, at
-every `train.eval_every` steps and once at the end). `rollouts` is what a run measured about its rollouts
+every `train.eval_every` steps before the last and once at the end). `rollouts` is what a run measured about its rollouts
 (prompt and completion lengths, sampling rounds, trained fraction, padded training length); without it the
 stage assumes `UNMEASURED_PROMPT_TOKENS` of prompt, every completion at max_new_tokens, one round, all trained.
 
@@ -33,9 +33,10 @@ def planner_stage(name: str, cfg: StageConfig, rollouts: dict[str, Any] | None =
         return Stage(kind=name, steps=cfg.train.steps, batch_size=cfg.data.batch_size * cfg.train.grad_accum,
                      seq_len=cfg.data.seq_len, precision=precision)
     rl = cfg.rl
-    evaluations = (cfg.train.steps // cfg.train.eval_every if cfg.train.eval_every else 0) + 1
+    steps, every = cfg.train.steps, cfg.train.eval_every
+    evaluations = ((steps - 1) // every if every else 0) + 1  # the loop's periodic ones (before the last step)
     shape = {"prompt_tokens": UNMEASURED_PROMPT_TOKENS, **(rollouts or {})}
-    return Stage(kind="grpo", steps=cfg.train.steps // max(1, rl.updates), prompts_per_step=rl.prompts_per_step,
+    return Stage(kind="grpo", steps=-(-steps // max(1, rl.updates)), prompts_per_step=rl.prompts_per_step,
                  group_size=rl.group_size, max_new_tokens=rl.max_new_tokens, updates=rl.updates,
                  reference=rl.beta > 0, precision=precision,
                  eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)

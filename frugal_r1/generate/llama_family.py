@@ -9,8 +9,8 @@ Every layer of these models is the same pre-norm block:
 and the logits are lm_head(norm(x)). For a tiny model on a CPU, transformers' forward costs more in
 Python than in arithmetic (mask construction, a growing `DynamicCache`, output dataclasses…), so
 `LlamaFamilyStepper` computes the same equations directly with torch functions:
-- the weights are read from the HF module at each call, never copied, so an optimizer step is seen by the
-  next generation;
+- the weights are read from the HF module at each generation (copied only where stacked, below), so an
+  optimizer step is seen by the next generation;
 - prompts that appear several times in the batch (GRPO's G samples per prompt) are prefilled once and
   their keys and values kept once: at 8 prompts × 8 samples × 128 tokens, reading every row's copy of its
   prompt's cache made attention 40% of a decode step;
@@ -19,7 +19,10 @@ Python than in arithmetic (mask construction, a growing `DynamicCache`, output d
   HFStepper);
 - cos/sin come from the model's own `rotary_emb`, so every static RoPE type transformers implements
   (default, linear, llama3, yarn, …) is computed by transformers itself;
-- logits only for the last position.
+- logits only for the last position;
+- for a small model, q/k/v and gate/up run as one matmul each on weights stacked once per generation, and
+  while the rows are laid out prompt by prompt with equal counts (as GRPO's groups are until finished rows
+  are dropped) the shared-prompt attention regroups them with a reshape instead of a scatter and a gather.
 
 `unsupported_reason` says why a model must take transformers' own forward instead (another architecture,
 dynamic RoPE, a sliding window shorter than the sequence, hooks or adapters on the modules…); callers fall
@@ -29,13 +32,17 @@ runs exactly the same equations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+# Below this many bytes of parameters the decoder stacks q/k/v and gate/up into one matmul each, copied once
+# per generation (a decode step of a small model is mostly per-call overhead); above it a step is
+# matmul-bound and the copy would only cost memory.
+STACK_BELOW_BYTES = 256 * 2**20
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -129,6 +136,9 @@ class Layer:
     kv_heads: int
     head_dim: int
     scaling: float
+    # Set by `stacked()`: q/k/v and gate/up as one matmul each.
+    qkv_stack: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    gate_up_stack: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     @classmethod
     def of(cls, layer: nn.Module) -> "Layer":
@@ -140,20 +150,41 @@ class Layer:
         return cls(norm.weight, norm.variance_epsilon, post.weight, post.variance_epsilon, *tensors, mlp.act_fn,
                    attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim, head_dim, attn.scaling)
 
+    def stacked(self) -> "Layer":
+        """This layer with q/k/v and gate/up each stacked into one weight, copied now: for a decode loop, which
+        reuses them every step and whose small matmuls cost more in calls than in arithmetic."""
+        return replace(self, qkv_stack=_stack((self.q, self.q_bias), (self.k, self.k_bias), (self.v, self.v_bias)),
+                       gate_up_stack=_stack((self.gate, self.gate_bias), (self.up, self.up_bias)))
+
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor):
         """x [..., d] -> q [..., H, D], k and v [..., H_kv, D], RoPE applied (cos/sin [..., 1, D])."""
         h = rms_norm(x, self.input_norm, self.input_eps)
-        q = F.linear(h, self.q, self.q_bias).unflatten(-1, (self.heads, self.head_dim))
-        k = F.linear(h, self.k, self.k_bias).unflatten(-1, (self.kv_heads, self.head_dim))
-        v = F.linear(h, self.v, self.v_bias).unflatten(-1, (self.kv_heads, self.head_dim))
+        if self.qkv_stack is not None:
+            q, k, v = F.linear(h, *self.qkv_stack).split([len(self.q), len(self.k), len(self.v)], dim=-1)
+        else:
+            q, k, v = F.linear(h, self.q, self.q_bias), F.linear(h, self.k, self.k_bias), F.linear(h, self.v, self.v_bias)
+        q = q.unflatten(-1, (self.heads, self.head_dim))
+        k = k.unflatten(-1, (self.kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.kv_heads, self.head_dim))
         return rope(q, cos, sin_signed), rope(k, cos, sin_signed), v
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Residual stream after the attention output [..., H·D] and the MLP."""
         x = x + F.linear(attended, self.o, self.o_bias)
         h = rms_norm(x, self.post_norm, self.post_eps)
-        gated = self.act(F.linear(h, self.gate, self.gate_bias)) * F.linear(h, self.up, self.up_bias)
-        return x + F.linear(gated, self.down, self.down_bias)
+        if self.gate_up_stack is not None:
+            gate, up = F.linear(h, *self.gate_up_stack).chunk(2, dim=-1)
+        else:
+            gate, up = F.linear(h, self.gate, self.gate_bias), F.linear(h, self.up, self.up_bias)
+        return x + F.linear(self.act(gate) * up, self.down, self.down_bias)
+
+
+def _stack(*linears: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the linears' outputs side by side; a missing bias among present ones is zeros."""
+    weight = torch.cat([w for w, _ in linears]).detach()
+    if all(b is None for _, b in linears):
+        return weight, None
+    return weight, torch.cat([b if b is not None else w.new_zeros(len(w)) for w, b in linears]).detach()
 
 
 def layers_of(model: nn.Module) -> list[Layer]:
@@ -184,6 +215,8 @@ class LlamaFamilyStepper:
     def __init__(self, model: nn.Module):
         self.model = model
         self.layers = layers_of(model)
+        if sum(p.numel() * p.element_size() for p in model.parameters()) <= STACK_BELOW_BYTES:
+            self.layers = [layer.stacked() for layer in self.layers]
         weight = model.model.embed_tokens.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.length = 0  # completion tokens cached
@@ -193,6 +226,11 @@ class LlamaFamilyStepper:
         first = self.layers[0]
         self.cos, self.sin = rope_table(self.model, width + capacity, self.device, self.dtype)
         distinct, inverse = torch.unique(torch.cat([ids, pad[:, None]], dim=1), dim=0, return_inverse=True)
+        # unique sorts; number the prompts by first appearance instead, so rows given prompt by prompt (GRPO's
+        # G samples each) are prompt-major and attention needs no scatter (see `_slot`).
+        first_row = torch.full((len(distinct),), batch).scatter_reduce(0, inverse, torch.arange(batch), "amin")
+        order = first_row.argsort()
+        distinct, inverse = distinct[order], order.argsort()[inverse]
         ids, pad = distinct[:, :-1].to(self.device), distinct[:, -1]
         real = (torch.arange(width)[None, :] >= pad[:, None]).to(self.device)  # [U, P]
         self.prompt_bias = torch.zeros(len(ids), 1, 1, width, device=self.device, dtype=torch.float32)
@@ -234,18 +272,30 @@ class LlamaFamilyStepper:
     def _attend(self, i: int, layer: Layer, q: torch.Tensor, seen: int) -> torch.Tensor:
         """q [B, H_kv, G, D] against the row's prompt and its `seen` completion keys -> [B, H_kv, G, D]."""
         kp, vp = self.prompt_kv[i]  # [U, H_kv, P, D]
-        prompts, kv_heads, width, dim = kp.shape
-        grouped = q.new_zeros(prompts, kv_heads, self.per_prompt, *q.shape[2:])
-        grouped[self.prompt, :, self.rank] = q
-        scores_p = torch.matmul(grouped.flatten(2, 3), kp.mT).unflatten(2, (self.per_prompt, -1))
-        scores_p = scores_p[self.prompt, :, self.rank]  # [B, H_kv, G, P]
+        width = kp.shape[2]
+        scores_p = self._unslot(torch.matmul(self._slot(q), kp.mT), q.shape[2])  # [B, H_kv, G, P]
         scores_c = torch.matmul(q, self.kv[i, 0, :, :, :seen].mT)
         scores = torch.cat([scores_p.float() + self.bias, scores_c.float()], dim=-1) * layer.scaling
         probs_p, probs_c = scores.softmax(-1).to(q.dtype).split([width, seen], dim=-1)
-        spread = probs_p.new_zeros(prompts, kv_heads, self.per_prompt, *probs_p.shape[2:])
-        spread[self.prompt, :, self.rank] = probs_p
-        out_p = torch.matmul(spread.flatten(2, 3), vp).unflatten(2, (self.per_prompt, -1))[self.prompt, :, self.rank]
+        out_p = self._unslot(torch.matmul(self._slot(probs_p), vp), q.shape[2])
         return out_p + torch.matmul(probs_c, self.kv[i, 1, :, :, :seen])
+
+    def _slot(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows [B, H_kv, g, ·] (g query heads per kv head) -> their prompts' slots [U, H_kv, n·g, ·], unused
+        slots zero (n: the most rows any prompt has)."""
+        kv_heads, rest = x.shape[1], x.shape[2:]
+        if self.prompt_major:  # rows are already u·n + r: a reshape, no scatter
+            return x.unflatten(0, (-1, self.per_prompt)).transpose(1, 2).flatten(2, 3)
+        slots = x.new_zeros(len(self.prompt_kv[0, 0]), kv_heads, self.per_prompt, *rest)
+        slots[self.prompt, :, self.rank] = x
+        return slots.flatten(2, 3)
+
+    def _unslot(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """Slots [U, H_kv, n·g, ·] -> rows [B, H_kv, g, ·] (the inverse of `_slot` on used slots)."""
+        x = x.unflatten(2, (self.per_prompt, group))
+        if self.prompt_major:
+            return x.transpose(1, 2).flatten(0, 1)
+        return x[self.prompt, :, self.rank]
 
     def keep(self, rows: torch.Tensor) -> None:
         rows = rows.to(self.device)
@@ -261,6 +311,8 @@ class LlamaFamilyStepper:
             counts[u] = rank[-1] + 1
         self.prompt, self.rank = prompt.to(self.device), torch.tensor(rank, device=self.device)
         self.per_prompt = max(counts.values())
+        prompts = self.prompt_kv.shape[2]
+        self.prompt_major = prompt.tolist() == [u for u in range(prompts) for _ in range(self.per_prompt)]
         self.bias = self.prompt_bias[self.prompt]  # [B, 1, 1, P]
 
 

@@ -80,8 +80,9 @@ def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any] | None:
              "trained_fraction": mean(lambda r: min(r.get("kept_completions", per_step), per_step) / per_step)}
     if all("prompt_length_mean" in r for r in records):
         shape["prompt_tokens"] = round(mean(lambda r: r["prompt_length_mean"]))
-    if all("train_length_mean" in r for r in records):
-        shape["train_length"] = round(mean(lambda r: r["train_length_mean"]))
+    padded = [r["train_length_mean"] for r in records if "train_length_mean" in r]  # absent: nothing trained
+    if padded:
+        shape["train_length"] = round(sum(padded) / len(padded))
     return shape
 
 

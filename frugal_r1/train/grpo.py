@@ -229,7 +229,7 @@ class GRPOStage:
         generation = time.perf_counter() - started - scoring
         self.buffer = self._micro_batches(kept[: rl.prompts_per_step * rl.group_size])
         trained_rows = sum(len(b.input_ids) for b in self.buffer)
-        train_length = sum(b.input_ids.numel() for b in self.buffer) / max(1, trained_rows)
+        padded = {"train_length_mean": sum(b.input_ids.numel() for b in self.buffer) / trained_rows} if trained_rows else {}
         self.served = 0
         self.rollout_index += 1
         reward_mean = sum(all_rewards) / len(all_rewards)
@@ -242,7 +242,7 @@ class GRPOStage:
             "completion_length_mean": sum(all_lengths) / len(all_lengths), "completion_length_max": max(all_lengths),
             "clipped_ratio": truncated / len(all_lengths), "kept_completions": len(kept),
             "sampling_rounds": round_ + 1, "prompt_length_mean": prompt_tokens / len(all_lengths),
-            "train_length_mean": train_length,
+            **padded,
             "seconds_generation": generation, "seconds_scoring": scoring,
         }
 
@@ -257,7 +257,7 @@ class GRPOStage:
         groups = sorted((kept[i:i + size] for i in range(0, len(kept), size)),
                         key=lambda group: max(len(c.prompt_ids) + len(c.token_ids) for _, c, _ in group))
         kept = [item for group in groups for item in group]
-        bounds = [round(i * len(kept) / self.grad_accum) for i in range(self.grad_accum + 1)]
+        bounds = [size * round(i * len(groups) / self.grad_accum) for i in range(self.grad_accum + 1)]
         chunks = [kept[bounds[i]:bounds[i + 1]] for i in range(self.grad_accum)]
         out = []
         for chunk in chunks:
