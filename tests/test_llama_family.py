@@ -59,54 +59,62 @@ def full_logits(model, ids: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
+def decoded_logits(stepper, rows, fed, drop_at, kept_after, after_prefill=lambda: None, after_drop=lambda: None):
+    """Each row's logits from prefill and then one step per column of `fed`, keeping only `kept_after`
+    rows from step `drop_at` on: {row: [logits, …]}."""
+    ids, pad = left_pad(rows, 0)
+    kept = torch.arange(len(rows))
+    with torch.inference_mode():
+        got = {r: [row] for r, row in enumerate(stepper.prefill(ids, pad, fed.shape[1]))}
+        after_prefill()
+        for step in range(fed.shape[1] - 1):
+            if step == drop_at:
+                kept = torch.tensor(kept_after)
+                stepper.keep(kept)
+                after_drop()
+            positions = torch.tensor([len(rows[r]) + step for r in kept.tolist()])
+            for r, row in zip(kept.tolist(), stepper.step(fed[kept, step], positions)):
+                got[r].append(row)
+    return got
+
+
+def expected_logits(model, prompt, fed_row):
+    return full_logits(model, prompt + fed_row.tolist())[len(prompt) - 1:]
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama", "mistral"])
 def test_prefill_and_decode_logits_equal_the_full_forward(kind):
     model = build(kind)
     assert unsupported_reason(model, 64) is None
-    ids, pad = left_pad(PROMPTS, 0)
     fed = torch.randint(2, VOCAB, (len(PROMPTS), 8), generator=torch.Generator().manual_seed(1))
-    stepper = LlamaFamilyStepper(model)
-    kept = torch.arange(len(PROMPTS))
-    with torch.inference_mode():
-        got = {r: [row] for r, row in enumerate(stepper.prefill(ids, pad, fed.shape[1]))}
-        for step in range(fed.shape[1] - 1):
-            if step == 3:  # drop rows 1 and 3 from the batch (and the cache)
-                kept = torch.tensor([0, 2, 4])
-                stepper.keep(kept)
-            positions = torch.tensor([len(PROMPTS[r]) + step for r in kept.tolist()])
-            for r, row in zip(kept.tolist(), stepper.step(fed[kept, step], positions)):
-                got[r].append(row)
+    # Rows 1 and 3 leave the batch (and the cache) at step 3.
+    got = decoded_logits(LlamaFamilyStepper(model), PROMPTS, fed, drop_at=3, kept_after=[0, 2, 4])
     for r, prompt in enumerate(PROMPTS):
-        expected = full_logits(model, prompt + fed[r].tolist())[len(prompt) - 1:]
         mine = torch.stack(got[r])
         assert len(mine) == (8 if r in (0, 2, 4) else 4)
-        assert torch.allclose(mine, expected[: len(mine)], atol=1e-4, rtol=0), (kind, r)
+        assert torch.allclose(mine, expected_logits(model, prompt, fed[r])[: len(mine)], atol=1e-4, rtol=0), (kind, r)
 
 
 def test_prompt_major_rows_take_the_reshape_path_with_the_same_logits():
     """GRPO's layout: G rows per prompt, prompts in any order (here not sorted), stacked projections."""
     model = build("qwen2")
     rows = [PROMPTS[3]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[0]] * 2
-    ids, pad = left_pad(rows, 0)
     fed = torch.randint(2, VOCAB, (len(rows), 5), generator=torch.Generator().manual_seed(2))
     stepper = LlamaFamilyStepper(model)
     assert all(layer.qkv_stack is not None for layer in stepper.layers)
-    kept = torch.arange(len(rows))
-    with torch.inference_mode():
-        got = {r: [row] for r, row in enumerate(stepper.prefill(ids, pad, fed.shape[1]))}
+
+    def is_prompt_major():
         assert stepper.prompt_major
-        for step in range(fed.shape[1] - 1):
-            if step == 2:  # one prompt loses a row: back to the scatter path
-                kept = torch.tensor([0, 1, 2, 4, 5])
-                stepper.keep(kept)
-                assert not stepper.prompt_major
-            positions = torch.tensor([len(rows[r]) + step for r in kept.tolist()])
-            for r, row in zip(kept.tolist(), stepper.step(fed[kept, step], positions)):
-                got[r].append(row)
+
+    def is_not_prompt_major():
+        assert not stepper.prompt_major
+
+    # At step 2 one prompt loses a row: back to the scatter path.
+    got = decoded_logits(stepper, rows, fed, drop_at=2, kept_after=[0, 1, 2, 4, 5], after_prefill=is_prompt_major,
+                         after_drop=is_not_prompt_major)
     for r, prompt in enumerate(rows):
-        expected = full_logits(model, prompt + fed[r].tolist())[len(prompt) - 1:]
         mine = torch.stack(got[r])
-        assert torch.allclose(mine, expected[: len(mine)], atol=1e-4, rtol=0), r
+        assert torch.allclose(mine, expected_logits(model, prompt, fed[r])[: len(mine)], atol=1e-4, rtol=0), r
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])

@@ -110,7 +110,7 @@ def load_recipe(path: Path) -> tuple[ModelConfig, list[Stage]]:
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML: {error}") from None
     if "stage" not in data:
-        return recipe_stages(path)
+        return recipe_stages(path, data)
     unknown = sorted(set(data) - {"model", "stage"})
     if unknown:
         raise UserError(f"{path}: unknown table(s) {', '.join(unknown)}; expected [model] and [[stage]]")

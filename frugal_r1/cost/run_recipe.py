@@ -8,14 +8,13 @@ every `train.eval_every` steps before the last and once at the end). `rollouts` 
 (prompt and completion lengths, sampling rounds, trained fraction, padded training length); without it the
 stage assumes `UNMEASURED_PROMPT_TOKENS` of prompt, every completion at max_new_tokens, one round, all trained.
 
-`recipe_stages(path)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
+`recipe_stages(path, recipe)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
 the model it describes, with the tokenizer's vocab_size as the vocabulary (the trained tokenizer may come
 out smaller, so this is an upper bound).
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,9 @@ def planner_stage(name: str, cfg: StageConfig, rollouts: dict[str, Any] | None =
                  eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)
 
 
-def recipe_stages(path: Path) -> tuple[ModelConfig, list[Stage]]:
-    """The model and the stages of a run recipe with [pretrain.*] / [sft.*] / [grpo.*] tables."""
-    try:
-        names = [name for name in STAGES if name in tomllib.loads(path.read_text(encoding="utf-8"))]
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: not valid TOML: {error}") from None
+def recipe_stages(path: Path, recipe: dict[str, Any]) -> tuple[ModelConfig, list[Stage]]:
+    """The model and the stages of the run recipe at `path` (`recipe`: its parsed tables)."""
+    names = [name for name in STAGES if name in recipe]
     if not names:
         raise UserError(f"{path}: no [[stage]] tables (a planner recipe) and no [pretrain.*] / [sft.*] / [grpo.*] "
                         "tables (a run recipe)")

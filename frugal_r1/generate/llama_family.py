@@ -232,10 +232,11 @@ class LlamaFamilyStepper:
         order = first_row.argsort()
         distinct, inverse = distinct[order], order.argsort()[inverse]
         ids, pad = distinct[:, :-1].to(self.device), distinct[:, -1]
+        self.num_prompts = len(ids)
         real = (torch.arange(width)[None, :] >= pad[:, None]).to(self.device)  # [U, P]
-        self.prompt_bias = torch.zeros(len(ids), 1, 1, width, device=self.device, dtype=torch.float32)
+        self.prompt_bias = torch.zeros(self.num_prompts, 1, 1, width, device=self.device, dtype=torch.float32)
         self.prompt_bias.masked_fill_(~real[:, None, None], float("-inf"))
-        self.prompt_kv = torch.empty(len(self.layers), 2, len(ids), first.kv_heads, width, first.head_dim,
+        self.prompt_kv = torch.empty(len(self.layers), 2, self.num_prompts, first.kv_heads, width, first.head_dim,
                                      device=self.device, dtype=self.dtype)
         self.kv = torch.empty(len(self.layers), 2, batch, first.kv_heads, capacity, first.head_dim,
                               device=self.device, dtype=self.dtype)
@@ -286,7 +287,7 @@ class LlamaFamilyStepper:
         kv_heads, rest = x.shape[1], x.shape[2:]
         if self.prompt_major:  # rows are already u·n + r: a reshape, no scatter
             return x.unflatten(0, (-1, self.per_prompt)).transpose(1, 2).flatten(2, 3)
-        slots = x.new_zeros(len(self.prompt_kv[0, 0]), kv_heads, self.per_prompt, *rest)
+        slots = x.new_zeros(self.num_prompts, kv_heads, self.per_prompt, *rest)
         slots[self.prompt, :, self.rank] = x
         return slots.flatten(2, 3)
 
@@ -311,8 +312,7 @@ class LlamaFamilyStepper:
             counts[u] = rank[-1] + 1
         self.prompt, self.rank = prompt.to(self.device), torch.tensor(rank, device=self.device)
         self.per_prompt = max(counts.values())
-        prompts = self.prompt_kv.shape[2]
-        self.prompt_major = prompt.tolist() == [u for u in range(prompts) for _ in range(self.per_prompt)]
+        self.prompt_major = prompt.tolist() == [u for u in range(self.num_prompts) for _ in range(self.per_prompt)]
         self.bias = self.prompt_bias[self.prompt]  # [B, 1, 1, P]
 
 

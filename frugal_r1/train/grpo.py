@@ -256,9 +256,8 @@ class GRPOStage:
         size = self.rl.group_size
         groups = sorted((kept[i:i + size] for i in range(0, len(kept), size)),
                         key=lambda group: max(len(c.prompt_ids) + len(c.token_ids) for _, c, _ in group))
-        kept = [item for group in groups for item in group]
-        bounds = [size * round(i * len(groups) / self.grad_accum) for i in range(self.grad_accum + 1)]
-        chunks = [kept[bounds[i]:bounds[i + 1]] for i in range(self.grad_accum)]
+        bounds = [round(i * len(groups) / self.grad_accum) for i in range(self.grad_accum + 1)]
+        chunks = [[item for group in groups[a:b] for item in group] for a, b in zip(bounds, bounds[1:])]
         out = []
         for chunk in chunks:
             if not chunk:
