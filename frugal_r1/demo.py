@@ -1,7 +1,8 @@
 """`frugal-r1 demo`: build a model from a preset, train it a few steps on random tokens, generate.
 
 A thirty-second smoke test of the whole model path (MLA, DeepSeekMoE with bias balancing, MTP loss,
-bf16 autocast, the latent cache) that prints the parameter counts and the generated token ids.
+bf16 autocast where the CPU has native bf16, the latent cache) that prints the parameter counts and the
+generated token ids.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from frugal_r1.model import PRESETS, preset
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.transformer import DeepSeekV3
+from frugal_r1.precision import use_bf16
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     for step in range(1, args.steps + 1):
         first = torch.randint(3, cfg.vocab_size - seq - 1, (batch, 1))
         ids = first + torch.arange(seq + 1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16("auto")):
             out = model(ids[:, :-1], ids[:, 1:])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

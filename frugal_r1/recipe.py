@@ -58,7 +58,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # 0 disables
     grad_accum: int = 1
-    bf16: bool = True  # bf16 autocast with fp32 master weights
+    bf16: bool | str = "auto"  # bf16 autocast with fp32 master weights: true, false, or auto (where the device
+    # multiplies bf16 natively; see frugal_r1/precision.py)
     seed: int = 0
     save_every: int = 0  # steps between checkpoints (0: only the final one)
     keep_last: int = 2
@@ -220,6 +221,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     elif text == "bool":
         if isinstance(value, bool):
             return value
+    elif text == "bool | str":  # a switch with an "auto" setting
+        if isinstance(value, bool) or value == "auto":
+            return value
+        text = 'true, false or "auto"'
     elif text in ("str", "str | None"):
         if value is None and "None" in text:
             return None

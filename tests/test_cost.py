@@ -80,7 +80,8 @@ def test_cpu_peak_is_measured_quickly_and_cached():
     start = time.perf_counter()
     peak = measure_cpu_peak(seconds=0.4, size=512, refresh=True)
     assert time.perf_counter() - start < 2
-    assert peak.flops["fp32"] > 1e9 and peak.flops["bf16"] > 1e9 and peak.threads >= 1 and peak.model_name
+    # bf16 may be emulated (an AVX2-only CPU: under 1 GFLOP/s), so only its presence is checked
+    assert peak.flops["fp32"] > 1e9 and peak.flops["bf16"] > 0 and peak.threads >= 1 and peak.model_name
     assert measure_cpu_peak() is peak
     cpu = get_hardware("cpu")
     assert cpu.peak_flops == peak.flops and cpu.power_w == 4.0 * peak.threads

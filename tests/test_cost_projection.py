@@ -9,6 +9,7 @@ import pytest
 from frugal_r1.cost.planner import Stage, project
 from frugal_r1.ledger import resolve_hardware
 from frugal_r1.model.config import ModelConfig
+from frugal_r1.precision import planned_precision
 from frugal_r1.recipe import load_stage
 from frugal_r1.train.run import run_lm_stage
 
@@ -20,9 +21,10 @@ def run_and_project(tmp_path, overrides):
     run_lm_stage("pretrain", cfg, tmp_path / "run")
     ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())
     model_cfg = ModelConfig.from_hf_dict(json.loads((tmp_path / "run" / "final" / "config.json").read_text()))
+    hardware = resolve_hardware("cpu")
     stage = Stage(kind="pretrain", steps=cfg.train.steps, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
-                  precision="bf16" if cfg.train.bf16 else "fp32")
-    return ledger, project([stage], model_cfg, resolve_hardware("cpu")).stages[0]
+                  precision=planned_precision(cfg.train.bf16, hardware.peak_flops))
+    return ledger, project([stage], model_cfg, hardware).stages[0]
 
 
 def test_projected_flops_equal_the_ledgers(tmp_path):

@@ -101,8 +101,9 @@ def _emit(data: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-def load_recipe(path: Path) -> tuple[ModelConfig, list[Stage]]:
-    """Read the schema in the module docstring; mistakes are `UserError`s naming the file."""
+def load_recipe(path: Path, hardware: Hardware) -> tuple[ModelConfig, list[Stage]]:
+    """Read the schema in the module docstring (a run recipe's stages as they would run on `hardware`);
+    mistakes are `UserError`s naming the file."""
     if not path.is_file():
         raise UserError(f"recipe not found: {path}")
     try:
@@ -110,7 +111,7 @@ def load_recipe(path: Path) -> tuple[ModelConfig, list[Stage]]:
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML: {error}") from None
     if "stage" not in data:
-        return recipe_stages(path, data)
+        return recipe_stages(path, data, hardware)
     unknown = sorted(set(data) - {"model", "stage"})
     if unknown:
         raise UserError(f"{path}: unknown table(s) {', '.join(unknown)}; expected [model] and [[stage]]")
@@ -126,8 +127,8 @@ def load_recipe(path: Path) -> tuple[ModelConfig, list[Stage]]:
 
 
 def _recipe_view(args: argparse.Namespace) -> int:
-    cfg, stages = load_recipe(args.recipe)
     hardware = _hardware(args, "cpu")
+    cfg, stages = load_recipe(args.recipe, hardware)
     projection = project(stages, cfg, hardware, args.devices, sharded=args.sharded)
     if args.json:
         _emit({"recipe": str(args.recipe), **projection.to_dict()})

@@ -15,8 +15,10 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.037 for generation, calibrated from
-  the 30-minute speedrun's ledgers on this machine class (see CPU_MFU). Other tenants on the same cores
+- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.31 of the fp32 peak for generation
+  (the decoder runs fp32 on a CPU), calibrated from the 30-minute speedrun's ledgers (see CPU_MFU).
+- A CPU without native bf16 (AVX2 only) emulates bf16 matmuls ~100x slower than fp32; the measurement
+  shrinks its bf16 matmul there so it still takes about `seconds`, and `train.bf16 = "auto"` trains fp32. Other tenants on the same cores
   can cut the real figure tenfold; a projection assumes the machine to itself.
 """
 
@@ -41,9 +43,11 @@ CPU_USD_PER_CORE_HOUR = 0.05
 # and SFT of the `small` preset reached 12.8% of the measured bf16 peak; fp32 from
 # benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down. Generation: GRPO's logged rollout
 # seconds against the planner's rollout FLOPs at the measured rollout shape, 3.8% and 3.7% of the bf16 peak
-# in a 30- and a 15-minute speedrun (the decoder runs fp32 and is latency-bound).
+# (932 GFLOP/s) in a 30- and a 15-minute speedrun; the decoder runs fp32 and is latency-bound, so the figure
+# is kept against the fp32 peak (111 GFLOP/s on that machine): 0.037 x 932 / 111 = 0.31.
 CPU_MFU = {"fp32": 0.45, "bf16": 0.13}
-CPU_GENERATION_MFU = 0.037
+CPU_GENERATION_MFU = 0.31
+CPU_GENERATION_PRECISION = "fp32"
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 _FIELDS = {"peak_tflops", "memory_gb", "memory_bandwidth_gbs", "interconnect_gbs", "power_w", "usd_per_hour",
@@ -63,6 +67,7 @@ class Hardware:
     interconnect: float | None = None
     mfu: float = DEFAULT_MFU  # training, any precision not in mfu_by_precision
     generation_mfu: float = DEFAULT_GENERATION_MFU
+    generation_precision: str | None = None  # the peak rollouts are priced against (None: the stage's)
     mfu_by_precision: dict[str, float] = field(default_factory=dict)
     source: str = ""
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the CPU model and thread count
@@ -83,6 +88,7 @@ class Hardware:
                 "memory_bandwidth": self.memory_bandwidth, "interconnect": self.interconnect,
                 "power_w": self.power_w, "usd_per_hour": self.usd_per_hour, "mfu": self.mfu,
                 "mfu_by_precision": dict(self.mfu_by_precision), "generation_mfu": self.generation_mfu,
+                "generation_precision": self.generation_precision,
                 "source": self.source, **self.details}
 
 
@@ -184,7 +190,8 @@ def measure_cpu_peak(seconds: float = 2.0, size: int = 2048, refresh: bool = Fal
     start = time.perf_counter()
     flops: dict[str, float] = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        n = _affordable_size(dtype, size, seconds / 8)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         deadline = time.perf_counter() + seconds / 2
         best = float("inf")
         with torch.inference_mode():
@@ -195,9 +202,26 @@ def measure_cpu_peak(seconds: float = 2.0, size: int = 2048, refresh: bool = Fal
                 best = min(best, time.perf_counter() - tick)
                 if time.perf_counter() >= deadline:
                     break
-        flops[precision] = 2 * size**3 / best
+        flops[precision] = 2 * n**3 / best
     _cpu_peak = CpuPeak(cpu_model_name(), torch.get_num_threads(), flops, time.perf_counter() - start)
     return _cpu_peak
+
+
+def _affordable_size(dtype, largest: int, budget: float, smallest: int = 256) -> int:
+    """The largest power-of-two multiple of `smallest` up to `largest` whose matmul takes under `budget`
+    seconds (a CPU emulating bf16 would spend minutes on one 2048² matmul)."""
+    import torch
+
+    n = smallest
+    with torch.inference_mode():
+        a = torch.randn(n, n, dtype=dtype)
+        torch.matmul(a, a)
+        tick = time.perf_counter()
+        torch.matmul(a, a)
+        seconds = time.perf_counter() - tick
+    while n * 2 <= largest and seconds * 8 < budget:
+        n, seconds = n * 2, seconds * 8
+    return min(n, largest)
 
 
 def _memory_bytes() -> int:
@@ -219,6 +243,7 @@ def cpu_profile(seconds: float = 2.0) -> Hardware:
         mfu=min(CPU_MFU.values()),
         mfu_by_precision=dict(CPU_MFU),
         generation_mfu=CPU_GENERATION_MFU,
+        generation_precision=CPU_GENERATION_PRECISION,
         source=f"measured: {peak.threads} threads of {peak.model_name}, best {_describe(peak)}",
         details={"cpu_model": peak.model_name, "threads": peak.threads},
     )

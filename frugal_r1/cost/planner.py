@@ -307,7 +307,8 @@ def project_stage(stage: Stage, cfg: ModelConfig, hardware: Hardware, devices: i
         micro = stage.micro_batch_size or math.ceil((stage.batch_size or 1) / devices)
         fit = memory_fit(cfg, hardware, devices, precision=stage.precision,
                          activation_tokens=micro * stage.seq_len, include_mtp=include_mtp, sharded=sharded)
-    seconds = train.total / (peak * mfu) + generation.total / (peak * generation_mfu)
+    generation_peak = hardware.peak(hardware.generation_precision or stage.precision) * devices
+    seconds = train.total / (peak * mfu) + generation.total / (generation_peak * generation_mfu)
     device_hours = seconds * devices / 3600
     return StageProjection(
         name=stage.label, kind=stage.kind, tokens=tokens, generated_tokens=generated, train_flops=train,

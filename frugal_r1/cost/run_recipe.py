@@ -18,16 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from frugal_r1.cost.hardware import Hardware
 from frugal_r1.cost.planner import Stage
 from frugal_r1.errors import UserError
 from frugal_r1.model.config import ModelConfig
+from frugal_r1.precision import planned_precision
 from frugal_r1.recipe import STAGES, StageConfig, load_stage
 
 UNMEASURED_PROMPT_TOKENS = 64
 
 
-def planner_stage(name: str, cfg: StageConfig, rollouts: dict[str, Any] | None = None) -> Stage:
-    precision = "bf16" if cfg.train.bf16 else "fp32"
+def planner_stage(name: str, cfg: StageConfig, hardware: Hardware, rollouts: dict[str, Any] | None = None) -> Stage:
+    """One stage of a run on `hardware` (whose peaks settle `train.bf16 = "auto"`)."""
+    precision = planned_precision(cfg.train.bf16, hardware.peak_flops)
     if name != "grpo":
         return Stage(kind=name, steps=cfg.train.steps, batch_size=cfg.data.batch_size * cfg.train.grad_accum,
                      seq_len=cfg.data.seq_len, precision=precision)
@@ -41,15 +44,15 @@ def planner_stage(name: str, cfg: StageConfig, rollouts: dict[str, Any] | None =
                  eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)
 
 
-def recipe_stages(path: Path, recipe: dict[str, Any]) -> tuple[ModelConfig, list[Stage]]:
-    """The model and the stages of the run recipe at `path` (`recipe`: its parsed tables)."""
+def recipe_stages(path: Path, recipe: dict[str, Any], hardware: Hardware) -> tuple[ModelConfig, list[Stage]]:
+    """The model and the stages of the run recipe at `path` (`recipe`: its parsed tables) on `hardware`."""
     names = [name for name in STAGES if name in recipe]
     if not names:
         raise UserError(f"{path}: no [[stage]] tables (a planner recipe) and no [pretrain.*] / [sft.*] / [grpo.*] "
                         "tables (a run recipe)")
     configs = {name: load_stage(name, path) for name in names}
     first = configs[names[0]]
-    return first.model_config(vocab_size=first.data.vocab_size), [planner_stage(n, c) for n, c in configs.items()]
+    return first.model_config(vocab_size=first.data.vocab_size), [planner_stage(n, c, hardware) for n, c in configs.items()]
 
 
 __all__ = ["UNMEASURED_PROMPT_TOKENS", "planner_stage", "recipe_stages"]

@@ -56,9 +56,11 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
     from frugal_r1.model.config import ModelConfig
 
     model_cfg = ModelConfig.from_hf_dict(json.loads((out / "pretrain" / "final" / "config.json").read_text()))
-    stages = [planner_stage(name, configs[name], _rollout_shape(out / name, configs[name].rl) if name == "grpo"
-                            else None) for name in STAGES]
-    result = project(stages, model_cfg, resolve_hardware("cpu"))
+    hardware = resolve_hardware("cpu")
+    stages = [planner_stage(name, configs[name], hardware,
+                            _rollout_shape(out / name, configs[name].rl) if name == "grpo" else None)
+              for name in STAGES]
+    result = project(stages, model_cfg, hardware)
     return {name: {"seconds": s.seconds, "usd": s.usd, "kwh": s.kwh, "flops": float(s.flops)}
             for name, s in zip(STAGES, result.stages)}
 

@@ -32,6 +32,7 @@ import torch
 from frugal_r1 import dist
 from frugal_r1.chat import ANSWER_END
 from frugal_r1.generate import SamplingParams
+from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import RLConfig
 from frugal_r1.rewards.functions import BUILT_IN, RewardFn, combine, length_penalty
 from frugal_r1.tasks import Task
@@ -61,10 +62,11 @@ class GRPOStage:
 
     def __init__(self, policy: Policy, rl: RLConfig, grad_accum: int, tasks: list[Task], eval_tasks: list[Task],
                  seed: int, out_dir: Path, info: dist.DistInfo, reference: torch.nn.Module | None = None,
-                 user_rewards: dict[str, RewardFn] | None = None, bf16: bool = True):
+                 user_rewards: dict[str, RewardFn] | None = None, bf16: bool | str = "auto"):
         _validate(rl)
         self.policy, self.rl, self.grad_accum, self.tasks, self.eval_tasks = policy, rl, grad_accum, tasks, eval_tasks
-        self.seed, self.out_dir, self.info, self.reference, self.bf16 = seed, out_dir, info, reference, bf16
+        self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
+        self.bf16 = module_uses_bf16(bf16, policy.module)
         self.on_collapse = rl.on_collapse
         self.rewards: dict[str, RewardFn] = {}
         for name in rl.rewards:

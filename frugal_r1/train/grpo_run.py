@@ -48,7 +48,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     stage = GRPOStage(policy, cfg.rl, cfg.train.grad_accum, tasks, eval_tasks, seed, out_dir, info, reference,
                       user_rewards, bf16=cfg.train.bf16)
     hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
-    ledger = Ledger(hardware, precision="bf16" if cfg.train.bf16 else "fp32", devices=info.world_size)
+    ledger = Ledger(hardware, precision="bf16" if stage.bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
         record = {"stage": "grpo", "init": init, "config": cfg.to_dict(), "policy": policy.kind,
                   "world_size": info.world_size, "threads": torch.get_num_threads()}

@@ -31,6 +31,7 @@ from frugal_r1.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger
 from frugal_r1.metrics import MetricsWriter
+from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import TrainConfig
 
 
@@ -86,6 +87,8 @@ class Trainer:
                  info: dist.DistInfo | None = None, on_save=None, extra_state=None):
         self.model, self.stage, self.cfg, self.out_dir, self.ledger = model, stage, cfg, Path(out_dir), ledger
         self.info = info or dist.DistInfo()
+        self.device_type = next(model.parameters()).device.type
+        self.bf16 = module_uses_bf16(cfg.bf16, model)
         self.wrapped = dist.wrap(model, self.info)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
@@ -160,8 +163,7 @@ class Trainer:
         loss_sum = torch.zeros(())
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or not self.info.enabled
-            with _no_sync(model, sync), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and _on_cpu(model)), \
-                    torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and not _on_cpu(model)):
+            with _no_sync(model, sync), self._autocast():
                 loss, parts = self.stage.loss(model, batch, denominator)
             loss.backward()
             loss_sum += loss.detach().float()
@@ -218,6 +220,9 @@ class Trainer:
                 raise RunStopped(f"{problem}; stopped at step {self.step} (checkpoint saved)")
         return record
 
+    def _autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def rollback_and_stop(self, problem: str) -> None:
         """Restore the newest checkpoint's weights (or keep the current ones if none) and stop the run."""
         path = latest_checkpoint(self.out_dir)
@@ -229,7 +234,7 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16 and _on_cpu(self.model)):
+        with torch.no_grad(), self._autocast():
             result = self.stage.evaluate(self.model)
         self.model.train()
         self.last_eval = result
@@ -237,10 +242,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------------
-def _on_cpu(model: torch.nn.Module) -> bool:
-    return next(model.parameters()).device.type == "cpu"
-
-
 def _no_sync(model: torch.nn.Module, sync: bool):
     return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
 

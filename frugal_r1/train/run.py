@@ -21,6 +21,7 @@ from frugal_r1.data import Packer
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.model.transformer import DeepSeekV3
+from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import StageConfig
 from frugal_r1.tokenizer import (encode_pretrain_document, encode_sft_example, load_tokenizer, save_tokenizer,
                                  train_tokenizer)
@@ -106,7 +107,8 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
         packer = Prefetcher(packer, cfg.data.prefetch)
     stage = LMStage(kind, model_cfg, packer, eval_batches, cfg.train.grad_accum)
 
-    ledger = Ledger(hardware, precision="bf16" if cfg.train.bf16 else "fp32", devices=info.world_size)
+    bf16 = module_uses_bf16(cfg.train.bf16, model)
+    ledger = Ledger(hardware, precision="bf16" if bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
         record = {"stage": kind, "init": init, "config": cfg.to_dict(), "model": model_cfg.to_dict(),
                   "world_size": info.world_size, "threads": torch.get_num_threads()}

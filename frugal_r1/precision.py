@@ -1,0 +1,80 @@
+"""Whether to compute in bf16: `train.bf16 = "auto"` is resolved here, once per device kind.
+
+bf16 autocast only pays where the hardware multiplies bf16 natively: CUDA devices that support it, and
+CPUs with AVX512-BF16 or AMX, where a bf16 matmul runs several times the fp32 rate (932 against 111
+GFLOP/s on a 2-core Zen 4 EPYC). Elsewhere torch emulates bf16 matmuls, and they are slower than fp32,
+not faster: 0.9 against 105 GFLOP/s on a 2-core AVX2-only EPYC, so a bf16 speedrun there would take
+days. "auto" therefore trains in fp32 on such CPUs; `true` forces bf16 anyway (with a warning), `false`
+forces fp32.
+
+On x86 the CPU's flags decide (torch reports them); on other CPUs a small matmul is timed in both
+precisions and bf16 is used when it is at least as fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import time
+import warnings
+
+import torch
+
+SETTINGS = (True, False, "auto")
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether `device_type` ("cpu" or "cuda") multiplies bf16 at least as fast as fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return _cpu_native_bf16()
+
+
+def use_bf16(setting: bool | str, device_type: str = "cpu") -> bool:
+    """Resolve a `train.bf16` setting (true, false or "auto") for a device kind."""
+    if setting not in SETTINGS:
+        raise ValueError(f"bf16 must be true, false or \"auto\", not {setting!r}")
+    if setting == "auto":
+        return native_bf16(device_type)
+    if setting and device_type == "cpu" and not native_bf16("cpu"):
+        _warn_emulated()
+    return bool(setting)
+
+
+def module_uses_bf16(setting: bool | str, module: torch.nn.Module) -> bool:
+    """Resolve a `train.bf16` setting for the device `module`'s parameters live on."""
+    return use_bf16(setting, next(module.parameters()).device.type)
+
+
+def planned_precision(setting: bool | str, peak_flops: dict[str, float]) -> str:
+    """"bf16" or "fp32" for pricing a run on a device with these peaks ("auto": bf16 where it is the faster)."""
+    if setting == "auto":
+        return "bf16" if peak_flops.get("bf16", 0.0) >= peak_flops.get("fp32", 0.0) else "fp32"
+    return "bf16" if setting else "fp32"
+
+
+@functools.cache
+def _warn_emulated() -> None:
+    warnings.warn("bf16 = true on a CPU without native bf16 (no AVX512-BF16 or AMX): bf16 matmuls are emulated "
+                  "and run far slower than fp32; set train.bf16 = \"auto\" or false", stacklevel=3)
+
+
+@functools.cache
+def _cpu_native_bf16() -> bool:
+    if platform.machine().lower() in ("x86_64", "amd64") and hasattr(torch.cpu, "_is_avx512_bf16_supported"):
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return _best_matmul_seconds(torch.bfloat16) <= _best_matmul_seconds(torch.float32)
+
+
+def _best_matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+__all__ = ["SETTINGS", "native_bf16", "use_bf16", "module_uses_bf16", "planned_precision"]
