@@ -23,6 +23,7 @@ from torch import nn
 
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.config import ModelConfig
+from frugal_r1.model.documents import DocumentSpans
 from frugal_r1.model.norm import RMSNorm
 from frugal_r1.model.rope import apply_rotary
 
@@ -48,9 +49,10 @@ class MLA(nn.Module):
                                    bias=False)
         self.o_proj = nn.Linear(self.num_heads * cfg.v_head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: LatentCache | None = None) -> torch.Tensor:
-        """x [B, T, d] -> [B, T, d]. mask: bool [B, 1, T, S] (True = may attend) or None for causal."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | DocumentSpans | None = None, cache: LatentCache | None = None) -> torch.Tensor:
+        """x [B, T, d] -> [B, T, d]. mask: bool [B, 1, T, S] (True = may attend), packed documents' spans, or
+        None for causal."""
         batch, seq, _ = x.shape
         q = self.q_proj(x) if hasattr(self, "q_proj") else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(batch, seq, self.num_heads, self.nope_dim + self.rope_dim)
@@ -78,8 +80,11 @@ class MLA(nn.Module):
         pad = q.shape[-1] - self.v_dim
         if pad > 0:  # equal head dims let SDPA use its fused (flash) CPU kernel: 2-3× faster than the math path
             v = F.pad(v, (0, pad))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             scale=self.softmax_scale)
+        if isinstance(mask, DocumentSpans):
+            out = mask.attend(q, k, v, self.softmax_scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 scale=self.softmax_scale)
         return out[..., : self.v_dim].transpose(1, 2)
 
     def _absorbed(self, q_nope, q_pe, ckv, k_pe, mask) -> torch.Tensor:

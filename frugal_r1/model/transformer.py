@@ -7,7 +7,7 @@
 The first `first_k_dense_replace` blocks use a dense SwiGLU FFN, the rest DeepSeekMoE. `labels` are the
 next-token targets already aligned with the inputs (labels[:, i] is the target of position i; -100 is
 ignored), which is what packing produces. `doc_ids` makes attention block-diagonal so packed documents
-never see each other. With a `LatentCache`, attention runs in the absorbed form over cached latents.
+never see each other (one causal attention per document, documents.py). With a `LatentCache`, attention runs in the absorbed form over cached latents.
 
 Single-device and training-agnostic: parallelism wraps this module from outside.
 """
@@ -23,6 +23,7 @@ from torch import nn
 
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.config import ModelConfig
+from frugal_r1.model.documents import DocumentSpans
 from frugal_r1.model.mla import MLA
 from frugal_r1.model.mlp import MLP
 from frugal_r1.model.moe import MoE
@@ -115,7 +116,7 @@ class DeepSeekV3(nn.Module):
         if cache is not None:
             mask = cache.attention_mask(seq)
         elif doc_ids is not None:
-            mask = document_mask(doc_ids)
+            mask = DocumentSpans.of(doc_ids) or document_mask(doc_ids)
         else:
             mask = None
         cos, sin = self.rotary(position_ids)
@@ -155,7 +156,8 @@ class DeepSeekV3(nn.Module):
             target = labels[:, depth:]
             if doc_ids is not None:
                 target = target.masked_fill(doc_ids[:, :keep] != doc_ids[:, depth:], -100)
-            sub_mask = None if mask is None else mask[:, :, :keep, :keep]
+            sub_mask = mask.truncated(keep) if isinstance(mask, DocumentSpans) else (
+                None if mask is None else mask[:, :, :keep, :keep])
             hidden = module(hidden[:, :keep], self.embed_tokens(input_ids[:, depth:]), cos[:, :keep],
                             sin[:, :keep], sub_mask)
             logits = self.lm_head(module.shared_head.norm(hidden))
