@@ -15,8 +15,9 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training, 0.31 of the fp32 peak for generation
-  (the decoder runs fp32 on a CPU), calibrated from the 30-minute speedrun's ledgers (see CPU_MFU).
+- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training; for generation (the decoder runs fp32
+  on a CPU) 0.31 of the fp32 peak on a CPU with native bf16 and 0.10 on an AVX2-only one, calibrated from
+  the speedrun's ledgers on each (see CPU_MFU).
 - A CPU without native bf16 (AVX2 only) emulates bf16 matmuls ~100x slower than fp32; the measurement
   shrinks its bf16 matmul there so it still takes about `seconds`, and `train.bf16 = "auto"` trains fp32. Other tenants on the same cores
   can cut the real figure tenfold; a projection assumes the machine to itself.
@@ -44,9 +45,12 @@ CPU_USD_PER_CORE_HOUR = 0.05
 # benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down. Generation: GRPO's logged rollout
 # seconds against the planner's rollout FLOPs at the measured rollout shape, 3.8% and 3.7% of the bf16 peak
 # (932 GFLOP/s) in a 30- and a 15-minute speedrun; the decoder runs fp32 and is latency-bound, so the figure
-# is kept against the fp32 peak (111 GFLOP/s on that machine): 0.037 x 932 / 111 = 0.31.
+# is kept against the fp32 peak (111 GFLOP/s on that machine): 0.037 x 932 / 111 = 0.31. On a 2-core AVX2-only
+# EPYC (no native bf16) the same decoder reached 0.10 of the fp32 peak (the full speedrun's GRPO, 2026-11-29:
+# 8.7 min measured, training counted at 0.33 of the peak): small ops cost about three times as much there.
+# Keyed by whether the CPU has native bf16, which is what tells the two machine classes apart.
 CPU_MFU = {"fp32": 0.45, "bf16": 0.13}
-CPU_GENERATION_MFU = 0.31
+CPU_GENERATION_MFU = {True: 0.31, False: 0.10}
 CPU_GENERATION_PRECISION = "fp32"
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -233,6 +237,8 @@ def _memory_bytes() -> int:
 
 def cpu_profile(seconds: float = 2.0) -> Hardware:
     """This machine as a `Hardware` profile (see the module docstring for the power and price figures)."""
+    from frugal_r1.precision import native_bf16
+
     peak = measure_cpu_peak(seconds)
     return Hardware(
         name="cpu",
@@ -242,7 +248,7 @@ def cpu_profile(seconds: float = 2.0) -> Hardware:
         usd_per_hour=CPU_USD_PER_CORE_HOUR * peak.threads,
         mfu=min(CPU_MFU.values()),
         mfu_by_precision=dict(CPU_MFU),
-        generation_mfu=CPU_GENERATION_MFU,
+        generation_mfu=CPU_GENERATION_MFU[native_bf16("cpu")],
         generation_precision=CPU_GENERATION_PRECISION,
         source=f"measured: {peak.threads} threads of {peak.model_name}, best {_describe(peak)}",
         details={"cpu_model": peak.model_name, "threads": peak.threads},
