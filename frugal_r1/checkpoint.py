@@ -62,14 +62,24 @@ def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, stat
             os.fsync(handle.fileno())
     fsync_dir(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        _discard(final)
     os.replace(tmp, final)
     fsync_dir(root)
     for old in checkpoint_dirs(out_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     for stale in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory, renamed out of the way first: a process killed halfway through deleting
+    it leaves a `.tmp-` directory the next save sweeps up, never a half-deleted `step_` one that no longer
+    counts as a checkpoint and so would never be pruned."""
+    doomed = path.with_name(f".tmp-{path.name}-discard-{os.getpid()}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
