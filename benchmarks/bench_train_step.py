@@ -19,24 +19,11 @@ import warnings
 import torch
 from transformers import AutoModelForCausalLM
 
+from frugal_r1.cost.hardware import measure_cpu_peak
 from frugal_r1.model import preset
 from frugal_r1.model.flops import training_flops_per_token
 from frugal_r1.model.transformer import DeepSeekV3
 from frugal_r1.precision import native_bf16
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    if dtype == torch.bfloat16 and not native_bf16("cpu"):
-        size, repeats = 256, 2  # emulated: a 2048² bf16 matmul would take ~20 s
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeats / best
 
 
 def make_step(model, optimizer, ids, labels, bf16: bool, ours: bool):
@@ -77,7 +64,8 @@ def main() -> None:
     ids = torch.randint(3, cfg.vocab_size, (args.batch, args.seq + 1))
     inputs, labels = ids[:, :-1], ids[:, 1:]
     tokens = args.batch * args.seq
-    peaks = {False: matmul_peak(torch.float32), True: matmul_peak(torch.bfloat16)}
+    measured = measure_cpu_peak(seconds=4.0).flops
+    peaks = {False: measured["fp32"], True: measured["bf16"]}
     flops_per_token = training_flops_per_token(cfg, args.seq).total
 
     print(f"preset {args.preset} (MTP off for the comparison), batch {args.batch} × {args.seq} tokens, "

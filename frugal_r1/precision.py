@@ -7,15 +7,14 @@ not faster: 0.9 against 105 GFLOP/s on a 2-core AVX2-only EPYC, so a bf16 speedr
 days. "auto" therefore trains in fp32 on such CPUs; `true` forces bf16 anyway (with a warning), `false`
 forces fp32.
 
-On x86 the CPU's flags decide (torch reports them); on other CPUs a small matmul is timed in both
-precisions and bf16 is used when it is at least as fast.
+On x86 the CPU's flags decide (torch reports them); on other CPUs the measured matmul peaks
+(cost/hardware.py, which the ledger measures anyway) decide, by the same rule the planner prices with.
 """
 
 from __future__ import annotations
 
 import functools
 import platform
-import time
 import warnings
 
 import torch
@@ -63,18 +62,9 @@ def _warn_emulated() -> None:
 def _cpu_native_bf16() -> bool:
     if platform.machine().lower() in ("x86_64", "amd64") and hasattr(torch.cpu, "_is_avx512_bf16_supported"):
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return _best_matmul_seconds(torch.bfloat16) <= _best_matmul_seconds(torch.float32)
+    from frugal_r1.cost.hardware import measure_cpu_peak
 
-
-def _best_matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
+    return planned_precision("auto", measure_cpu_peak().flops) == "bf16"
 
 
 __all__ = ["SETTINGS", "native_bf16", "use_bf16", "module_uses_bf16", "planned_precision"]

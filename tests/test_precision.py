@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from frugal_r1 import precision
+from frugal_r1.cost import hardware
 from frugal_r1.errors import UserError
 from frugal_r1.precision import native_bf16, planned_precision, use_bf16
 from frugal_r1.recipe import load_stage
@@ -29,7 +32,7 @@ def test_x86_flags_decide_without_timing(monkeypatch):
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    monkeypatch.setattr(precision, "_best_matmul_seconds", lambda *_: pytest.fail("timed on x86"))
+    monkeypatch.setattr(hardware, "measure_cpu_peak", lambda *_: pytest.fail("timed on x86"))
     try:
         assert native_bf16("cpu") is True
     finally:
@@ -37,12 +40,10 @@ def test_x86_flags_decide_without_timing(monkeypatch):
 
 
 def test_other_cpus_time_both_precisions(monkeypatch):
-    import torch
-
     precision._cpu_native_bf16.cache_clear()
     monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
-    seconds = {torch.float32: 1.0, torch.bfloat16: 50.0}
-    monkeypatch.setattr(precision, "_best_matmul_seconds", lambda dtype: seconds[dtype])
+    peak = SimpleNamespace(flops={"fp32": 100e9, "bf16": 2e9})
+    monkeypatch.setattr(hardware, "measure_cpu_peak", lambda *_: peak)
     try:
         assert native_bf16("cpu") is False
     finally:

@@ -18,9 +18,10 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
 - MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training; for generation (the decoder runs fp32
   on a CPU) 0.31 of the fp32 peak on a CPU with native bf16 and 0.10 on an AVX2-only one, calibrated from
   the speedrun's ledgers on each (see CPU_MFU).
+  Other tenants on the same cores can cut the real figure tenfold; a projection assumes the machine to
+  itself.
 - A CPU without native bf16 (AVX2 only) emulates bf16 matmuls ~100x slower than fp32; the measurement
-  shrinks its bf16 matmul there so it still takes about `seconds`, and `train.bf16 = "auto"` trains fp32. Other tenants on the same cores
-  can cut the real figure tenfold; a projection assumes the machine to itself.
+  shrinks its bf16 matmul there so it still takes about `seconds`, and `train.bf16 = "auto"` trains fp32.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 The first `first_k_dense_replace` blocks use a dense SwiGLU FFN, the rest DeepSeekMoE. `labels` are the
 next-token targets already aligned with the inputs (labels[:, i] is the target of position i; -100 is
 ignored), which is what packing produces. `doc_ids` makes attention block-diagonal so packed documents
-never see each other (one causal attention per document, documents.py). With a `LatentCache`, attention runs in the absorbed form over cached latents.
+never see each other (one causal attention per document, documents.py). With a `LatentCache`, attention
+runs in the absorbed form over cached latents.
 
 Single-device and training-agnostic: parallelism wraps this module from outside.
 """
@@ -156,10 +157,8 @@ class DeepSeekV3(nn.Module):
             target = labels[:, depth:]
             if doc_ids is not None:
                 target = target.masked_fill(doc_ids[:, :keep] != doc_ids[:, depth:], -100)
-            sub_mask = mask.truncated(keep) if isinstance(mask, DocumentSpans) else (
-                None if mask is None else mask[:, :, :keep, :keep])
             hidden = module(hidden[:, :keep], self.embed_tokens(input_ids[:, depth:]), cos[:, :keep],
-                            sin[:, :keep], sub_mask)
+                            sin[:, :keep], _first_positions(mask, keep))
             logits = self.lm_head(module.shared_head.norm(hidden))
             losses.append(_cross_entropy(logits, target, denominator))
         return torch.stack(losses).mean() if losses else None
@@ -188,6 +187,13 @@ class DeepSeekV3(nn.Module):
         from frugal_r1.model.hf import save_pretrained
 
         save_pretrained(self, path, **kwargs)
+
+
+def _first_positions(mask: torch.Tensor | DocumentSpans | None, keep: int) -> torch.Tensor | DocumentSpans | None:
+    """The attention mask of the first `keep` positions (MTP's shorter sequences)."""
+    if isinstance(mask, DocumentSpans):
+        return mask.truncated(keep)
+    return None if mask is None else mask[:, :, :keep, :keep]
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from frugal_r1.checkpoint import latest_checkpoint, load_checkpoint, save_checkp
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger
 from frugal_r1.metrics import MetricsWriter
-from frugal_r1.precision import module_uses_bf16
+from frugal_r1.precision import use_bf16
 from frugal_r1.recipe import TrainConfig
 
 
@@ -88,7 +88,7 @@ class Trainer:
         self.model, self.stage, self.cfg, self.out_dir, self.ledger = model, stage, cfg, Path(out_dir), ledger
         self.info = info or dist.DistInfo()
         self.device_type = next(model.parameters()).device.type
-        self.bf16 = module_uses_bf16(cfg.bf16, model)
+        self.bf16 = use_bf16(cfg.bf16, self.device_type)
         self.wrapped = dist.wrap(model, self.info)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
