@@ -162,6 +162,21 @@ def test_repeated_nan_stops_with_a_good_checkpoint(tmp_path):
     assert torch.isfinite(weights["weight"]).all() and torch.equal(weights["weight"], model.weight.detach())
 
 
+class EvalStage(NanStage):
+    def evaluate(self, model):
+        return {"eval_loss": float(self.calls)}
+
+
+def test_every_held_out_evaluation_reaches_the_metrics_whatever_log_every_is(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=7, lr=0.1, warmup_steps=0, bf16=False, eval_every=3, log_every=5, save_every=0)
+    ledger = Ledger(resolve_hardware("cpu", measure_seconds=0.2))
+    Trainer(torch.nn.Linear(3, 2), EvalStage(set()), cfg, tmp_path, ledger).run()
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "eval_loss" in r] == [3, 6, 7]
+    assert [r["step"] for r in records if "loss" in r] == [3, 5, 6, 7]
+
+
 def test_schedules():
     cosine = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, cosine) == pytest.approx(0.1)

@@ -136,9 +136,10 @@ class Trainer:
                     record = self._train_step(flops_per_token)
                     if record is None:
                         continue
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    evaluated = bool(cfg.eval_every) and self.step % cfg.eval_every == 0 and self.step < cfg.steps
+                    if evaluated:
                         record.update(self._evaluate())
-                    if metrics and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    if metrics and (evaluated or self.step % cfg.log_every == 0 or self.step == cfg.steps):
                         metrics.write(record)
                     progress.update(record, self.ledger)
                     if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
