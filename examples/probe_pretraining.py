@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import torch
@@ -27,20 +26,18 @@ from frugal_r1.generate import load_backend
 from frugal_r1.generate.backend import Backend, SamplingParams
 from frugal_r1.recipe import load_stage
 from frugal_r1.tasks import Task, load_task
-from frugal_r1.traces import make_trace
-from frugal_r1.train.corpus import question_text
-from frugal_r1.train.run import run_lm_stage
+from frugal_r1.train.corpus import completion_for, pretraining_prompt
+from frugal_r1.train.run import apply_common_flags, run_lm_stage
 
 
-def teacher_forced(backend: Backend, task: Task, count: int) -> tuple[float, float]:
+def teacher_forced(backend: Backend, task: Task, count: int, seed: int) -> tuple[float, float]:
     """Mean per-token loss and argmax accuracy on the traces of the first `count` rows of `task`."""
     model, tokenizer = backend.model.eval(), backend.tokenizer
     losses, hits, tokens = 0.0, 0, 0
     for index in range(count):
         row = task[index]
-        prompt = backend.encode_prompts([f"{question_text(row)}\n{THINK_START}\n"], SamplingParams())[0]
-        trace = tokenizer.encode(make_trace(task.name, row, random.Random(index)).removeprefix(THINK_START + "\n"),
-                                 add_special_tokens=False)
+        prompt = backend.encode_prompts([pretraining_prompt(row)], SamplingParams())[0]
+        trace = tokenizer.encode(completion_for(task, row, seed, index), add_special_tokens=False)
         ids = torch.tensor([prompt + trace])
         with torch.no_grad():
             logprobs = torch.log_softmax(model(ids).logits[0, len(prompt) - 1:-1].float(), dim=-1)
@@ -53,7 +50,7 @@ def teacher_forced(backend: Backend, task: Task, count: int) -> tuple[float, flo
 
 def greedy(backend: Backend, task: Task, n: int, max_new_tokens: int, out: Path) -> float:
     rows = [task[i] for i in range(n)]
-    prompts = [f"{question_text(row)}\n{THINK_START}\n" for row in rows]
+    prompts = [pretraining_prompt(row) for row in rows]
     completions = backend.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
     texts = [f"{THINK_START}\n{c.text}" for c in completions]
     scores = [task.score(text, row) for text, row in zip(texts, rows)]
@@ -75,12 +72,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=768)
     args = parser.parse_args()
 
-    cfg = load_stage("pretrain", args.config, args.set)
-    if args.task:
-        cfg.data.tasks = list(args.task)
-        cfg.data.task_config = {k: v for k, v in cfg.data.task_config.items() if k in args.task}
-        cfg.data.task_sizes = {k: v for k, v in cfg.data.task_sizes.items() if k in args.task}
-    cfg.train.steps = args.steps
+    cfg = apply_common_flags(load_stage("pretrain", args.config, args.set), args)
     cfg.train.eval_every = cfg.train.save_every = 0
     out = Path(args.out)
     if not (out / "final").exists():
@@ -90,7 +82,7 @@ def main() -> None:
     result: dict[str, dict[str, float]] = {}
     for name in cfg.data.tasks:
         task = load_task(name, size=max(args.n, args.traces), seed=seed, **cfg.data.task_config.get(name, {}))
-        loss, accuracy = teacher_forced(backend, task, args.traces)
+        loss, accuracy = teacher_forced(backend, task, args.traces, seed)
         result[name] = {"trace_loss": round(loss, 4), "next_token_accuracy": round(accuracy, 4),
                         "greedy_accuracy": greedy(backend, task, args.n, args.max_new_tokens, out)}
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")

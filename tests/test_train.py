@@ -198,6 +198,18 @@ def test_recipe_stage_tables_and_overrides(tmp_path):
     assert load_stage("sft", recipe).train.lr == 0.001
 
 
+def test_task_flag_drops_the_recipes_settings_for_tasks_it_leaves_out():
+    from argparse import Namespace
+
+    from frugal_r1.train.corpus import open_tasks
+    from frugal_r1.train.run import apply_common_flags
+
+    cfg = apply_common_flags(load_stage("pretrain", Path(__file__).parents[1] / "recipes" / "speedrun.toml"), Namespace(task=["chain_sum", "countdown"]))
+    assert cfg.data.tasks == ["chain_sum", "countdown"]
+    assert set(cfg.data.task_config) == {"countdown"} and cfg.data.task_sizes == {}
+    assert [t.name for t in open_tasks(cfg.data, 0)] == ["chain_sum", "countdown"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "--out", "{tmp}/a", "--set", "train.lrr=3"], "unknown key(s) in [train]: train.lrr (did you mean train.lr?)"),
     (["pretrain", "--out", "{tmp}/a", "--set", "model.hidden_sise=3"], "unknown model key(s): hidden_sise"),

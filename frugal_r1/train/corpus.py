@@ -85,12 +85,17 @@ def chat_prompt(row: dict[str, Any]) -> str:
     return render_chat(messages, add_generation_prompt=True)
 
 
+def pretraining_prompt(row: dict[str, Any]) -> str:
+    """The start of a pretraining document, up to where the model's reasoning begins."""
+    return f"{question_text(row)}\n{THINK_START}\n"
+
+
 def pretrain_documents(tasks: list[Task], weights: dict[str, float], seed: int) -> Callable[[int], str]:
     problem = problem_stream(tasks, weights, seed)
 
     def document(index: int) -> str:
         task, row = problem(index)
-        return f"{question_text(row)}\n{THINK_START}\n{completion_for(task, row, seed, index)}"
+        return pretraining_prompt(row) + completion_for(task, row, seed, index)
 
     return document
 

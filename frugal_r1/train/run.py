@@ -159,6 +159,9 @@ def apply_common_flags(cfg: StageConfig, args) -> StageConfig:
         cfg.model_config()
     if getattr(args, "task", None):
         cfg.data.tasks = list(args.task)
+        # The recipe's per-task settings for tasks --task left out no longer apply.
+        for table in ("task_config", "task_weights", "task_sizes"):
+            setattr(cfg.data, table, {k: v for k, v in getattr(cfg.data, table).items() if k in cfg.data.tasks})
     if getattr(args, "steps", None) is not None:
         if args.steps < 1:
             raise UserError(f"--steps must be >= 1, got {args.steps}")
