@@ -123,6 +123,18 @@ def test_chain_sum_six_four_digit_terms_fit_the_evaluation_budget():
     assert max(lengths) < 520 and sum(lengths) / len(lengths) < 450
 
 
+def test_leg_counting_takes_each_animal_in_the_questions_words_and_rewrites_the_rest():
+    for row in _task("leg_counting", 100):
+        listed = row["prompt"].split("if you have ")[1].strip().rstrip("?")
+        animals = listed.split(", ")
+        lines = make_trace("leg_counting", row, random.Random(0)).split("\n")
+        assert lines[1] == listed
+        assert [line.split(", ")[0] for line in lines if " legs each: " in line] == animals
+        rests = [line.split(" legs")[1] for line in lines if line.startswith("= ")]
+        assert rests == [f", then {', '.join(animals[i:])}" for i in range(1, len(animals))] + [""]
+        assert lines[-3] == f"= {row['answer']} legs"
+
+
 def test_column_arithmetic_is_written_as_documented():
     assert add_columns(4821, 397) == "1+7=8, 2+9=11, 8+3+1=12, 4+0+1=5"
     assert sub_columns(5218, 397) == "8-7=1, 11-9=2, 12-3-1=8, 5-0-1=4"

@@ -1,10 +1,21 @@
-"""leg_counting traces: legs per animal, one line (or a few) per animal, then the running sum.
+"""leg_counting traces: the list of animals copied from the question, then one animal at a time.
 
-Each animal gets `woodlouse 14 legs, 13 * 14 = ...` with the multiplication worked as in `arithmetic`
-(2-digit counts times 14 legs need partial products). Animals with no legs are written (`snake 0 legs,
-4 * 0 = 0`) but left out of the sum, `Total: 182 + 32 + 56`, which is then added up like a chain_sum. The
-legs table is reasoning-gym's own `ANIMALS`, so the trace and the answer can never disagree; the counts
-come from `metadata["animals"]`.
+`1 crab, 15 cows, 4 leechs` becomes
+    1 crab, 15 cows, 4 leechs
+    1 crab, 10 legs each: 1 * 10 = 10
+    = 10 legs, then 15 cows, 4 leechs
+    15 cows, 4 legs each: 15 * 4: 5*4=20, 1*4+2=6, so 60
+    10 + 60: 0+0=0, 1+6=7, so 70
+    = 70 legs, then 4 leechs
+    4 leechs, 0 legs each: 4 * 0 = 0
+    = 70 legs
+Each line starts with the question's own words (`15 cows`, reasoning-gym's plural), so an animal's name is
+a copy of the question's tokens rather than a second spelling the model must map each of 37 names to; and
+after each animal the rest of the list is rewritten, so the next animal is a copy from the line just
+written and the list visibly ends, as in chain_sum (whose rewrite took greedy accuracy from 21% to 67%).
+The running total is added as each animal is counted. Multiplications are worked as in `arithmetic` (2-digit
+counts times 14 legs need partial products). The legs table is reasoning-gym's own `ANIMALS`, so the trace
+and the answer can never disagree; the animals and counts come from `metadata["animals"]`.
 """
 
 from __future__ import annotations
@@ -14,24 +25,28 @@ from typing import Any
 
 from reasoning_gym.arithmetic.leg_counting import ANIMALS
 
-from frugal_r1.traces.arithmetic import Token, evaluate, multiply, render
+from frugal_r1.traces.arithmetic import add_sub, multiply
+
+
+def _as_in_question(animal: str, count: int) -> str:
+    return f"{count} {animal}{'s' if count > 1 else ''}"
 
 
 def leg_counting_steps(row: dict[str, Any], rng: random.Random) -> tuple[list[str], str]:
     """Trace lines and the answer text for a leg_counting row (deterministic)."""
-    lines: list[str] = []
-    totals: list[int] = []
-    for animal, count in row["metadata"]["animals"].items():
-        legs = ANIMALS[animal]
-        work, total = multiply(count, legs)
-        lines.append(f"{animal} {legs} legs, {work[0]}")
+    items = [(_as_in_question(animal, count), count, ANIMALS[animal])
+             for animal, count in row["metadata"]["animals"].items()]
+    lines = [", ".join(words for words, _, _ in items)]
+    total = None
+    for index, (words, count, legs) in enumerate(items):
+        work, legs_here = multiply(count, legs)
+        lines.append(f"{words}, {legs} legs each: {work[0]}")
         lines += work[1:]
-        if total:
-            totals.append(total)
-    if not totals:
-        return lines + ["Total: 0"], "0"
-    terms: list[Token] = [totals[0]]
-    for total in totals[1:]:
-        terms += ["+", total]
-    sum_lines, value = evaluate(terms, rewrite=False)
-    return lines + [f"Total: {render(terms)}"] + sum_lines, str(value)
+        if total is None:
+            total = legs_here
+        elif legs_here:
+            sum_lines, total = add_sub(total, "+", legs_here)
+            lines += sum_lines
+        rest = ", ".join(words for words, _, _ in items[index + 1:])
+        lines.append(f"= {total} legs, then {rest}" if rest else f"= {total} legs")
+    return lines, str(total)
