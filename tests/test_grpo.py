@@ -167,3 +167,15 @@ def test_micro_batches_keep_groups_whole_and_pad_only_to_similar_lengths():
     assert [b.advantages.tolist() for b in batches] == [[6.0, 7.0, 2.0, 3.0], [4.0, 5.0, 0.0, 1.0]]
     assert [tuple(b.input_ids.shape) for b in batches] == [(4, 8), (4, 42)]  # an interleaved split pads both to 42
     assert [b.mask.sum().item() for b in batches] == [4 + 4 + 5 + 6, 30 + 2 + 3 + 40]
+
+
+@pytest.mark.parametrize("speed, moves", [(None, False), (0.05, True)])
+def test_moe_gate_biases_stay_put_in_grpo_unless_asked(tiny_frugal, tmp_path, speed, moves):
+    out = tmp_path / "run"
+    extra = [] if speed is None else ["--set", f"rl.gate_bias_speed={speed}"]
+    run_cli("grpo", "--init", str(tiny_frugal), *GRPO, "--steps", "2", "--out", str(out), *extra)
+    before = load_file(str(tiny_frugal / "model.safetensors"))
+    after = load_file(str(out / "final" / "model.safetensors"))
+    biases = [name for name in before if name.endswith("e_score_correction_bias")]
+    assert biases and json.loads((tiny_frugal / "config.json").read_text())["bias_update_speed"] > 0
+    assert any(not torch.equal(before[name], after[name]) for name in biases) == moves

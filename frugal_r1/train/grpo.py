@@ -68,6 +68,7 @@ class GRPOStage:
         self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
         self.bf16 = module_uses_bf16(bf16, policy.module)
         self.on_collapse = rl.on_collapse
+        self.gate_bias_speed = rl.gate_bias_speed
         self.rewards: dict[str, RewardFn] = {}
         for name in rl.rewards:
             if name == "length":

@@ -200,7 +200,7 @@ class Trainer:
         load_stats = _load_stats(self.model)
         if hasattr(self.model, "update_gate_biases"):
             dist.sum_expert_loads(self.model, self.info)
-            self.model.update_gate_biases()
+            self.model.update_gate_biases(getattr(self.stage, "gate_bias_speed", None))
         self.step += 1
 
         seconds = time.perf_counter() - started
