@@ -12,7 +12,9 @@
 Each line starts with the question's own words (`15 cows`, reasoning-gym's plural), so an animal's name is
 a copy of the question's tokens rather than a second spelling the model must map each of 37 names to; and
 after each animal the rest of the list is rewritten, so the next animal is a copy from the line just
-written and the list visibly ends, as in chain_sum (whose rewrite took greedy accuracy from 21% to 67%).
+written and the list visibly ends, as in chain_sum. Pretraining the speedrun's model on leg_counting alone
+for 2,500 steps of 2 rows (2026-11-29), greedy held-out accuracy was 41% with this trace, 0% with the one
+before it (`duck 2 legs, 5 * 2 = 10` a line, then `Total: ...`) and 1% with the question's words but no rewrite.
 The running total is added as each animal is counted. Multiplications are worked as in `arithmetic` (2-digit
 counts times 14 legs need partial products). The legs table is reasoning-gym's own `ANIMALS`, so the trace
 and the answer can never disagree; the animals and counts come from `metadata["animals"]`.
