@@ -25,8 +25,8 @@ from frugal_r1.chat import THINK_START
 from frugal_r1.generate import load_backend
 from frugal_r1.generate.backend import Backend, SamplingParams
 from frugal_r1.recipe import load_stage
-from frugal_r1.tasks import Task, load_task
-from frugal_r1.train.corpus import completion_for, pretraining_prompt
+from frugal_r1.tasks import Task
+from frugal_r1.train.corpus import completion_for, open_tasks, pretraining_prompt
 from frugal_r1.train.run import apply_common_flags, run_lm_stage
 
 
@@ -80,10 +80,9 @@ def main() -> None:
     backend = load_backend(out / "final")
     seed = cfg.train.seed + cfg.data.eval_seed_offset
     result: dict[str, dict[str, float]] = {}
-    for name in cfg.data.tasks:
-        task = load_task(name, size=max(args.n, args.traces), seed=seed, **cfg.data.task_config.get(name, {}))
+    for task in open_tasks(cfg.data, seed):
         loss, accuracy = teacher_forced(backend, task, args.traces, seed)
-        result[name] = {"trace_loss": round(loss, 4), "next_token_accuracy": round(accuracy, 4),
+        result[task.name] = {"trace_loss": round(loss, 4), "next_token_accuracy": round(accuracy, 4),
                         "greedy_accuracy": greedy(backend, task, args.n, args.max_new_tokens, out)}
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -119,7 +119,7 @@ def test_chain_sum_six_four_digit_terms_fit_the_evaluation_budget():
     traces = [make_trace("chain_sum", row, random.Random(0)) for row in task]
     tokenizer = train_tokenizer(traces, 2048)
     lengths = [len(tokenizer(t)["input_ids"]) for t in traces]
-    # the rewritten chain makes these ~430 tokens; the speedrun evaluates with 768 new tokens
+    # the rewritten chain makes these ~430 tokens; the speedrun evaluates with 1,152 new tokens
     assert max(lengths) < 520 and sum(lengths) / len(lengths) < 450
 
 

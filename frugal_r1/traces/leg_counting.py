@@ -36,19 +36,20 @@ def _as_in_question(animal: str, count: int) -> str:
 
 def leg_counting_steps(row: dict[str, Any], rng: random.Random) -> tuple[list[str], str]:
     """Trace lines and the answer text for a leg_counting row (deterministic)."""
-    items = [(_as_in_question(animal, count), count, ANIMALS[animal])
-             for animal, count in row["metadata"]["animals"].items()]
-    lines = [", ".join(words for words, _, _ in items)]
+    animals = row["metadata"]["animals"]
+    listed = [_as_in_question(animal, count) for animal, count in animals.items()]
+    lines = [", ".join(listed)]
     total = None
-    for index, (words, count, legs) in enumerate(items):
+    for index, (animal, count) in enumerate(animals.items()):
+        legs = ANIMALS[animal]
         work, legs_here = multiply(count, legs)
-        lines.append(f"{words}, {legs} legs each: {work[0]}")
+        lines.append(f"{listed[index]}, {legs} legs each: {work[0]}")
         lines += work[1:]
         if total is None:
             total = legs_here
         elif legs_here:
             sum_lines, total = add_sub(total, "+", legs_here)
             lines += sum_lines
-        rest = ", ".join(words for words, _, _ in items[index + 1:])
+        rest = ", ".join(listed[index + 1:])
         lines.append(f"= {total} legs, then {rest}" if rest else f"= {total} legs")
     return lines, str(total)
