@@ -1,8 +1,8 @@
 """The latent KV cache of MLA: per token and layer, only c_kv and the shared rope key.
 
 Standard attention caches H·(d_k + d_v) numbers per token per layer. MLA caches the normalised latent
-c_kv (kv_lora_rank) and the rotated shared key k_pe (qk_rope_head_dim), and decodes in the absorbed form
-(see mla.py), so the cache never holds expanded keys or values:
+c_kv (kv_lora_rank) and the rotated shared key k_pe (qk_rope_head_dim), side by side in one tensor `latent`
+(c_kv first), and decodes in the absorbed form (see mla.py), so the cache never holds expanded keys or values:
 
     bytes per token per layer = (kv_lora_rank + qk_rope_head_dim) × element size
 
@@ -24,26 +24,38 @@ class LatentCache:
         layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers if num_layers is None else num_layers
         self.max_len = max_len
         self.length = 0
-        self.ckv = torch.zeros(layers, batch_size, max_len, cfg.kv_lora_rank, dtype=dtype, device=device)
-        self.kpe = torch.zeros(layers, batch_size, max_len, cfg.qk_rope_head_dim, dtype=dtype, device=device)
+        self.rank = cfg.kv_lora_rank
+        self.latent = torch.zeros(layers, batch_size, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim, dtype=dtype,
+                                  device=device)
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
 
     @property
+    def ckv(self) -> torch.Tensor:
+        """[layers, B, max_len, kv_lora_rank]: a view of `latent`."""
+        return self.latent[..., : self.rank]
+
+    @property
+    def kpe(self) -> torch.Tensor:
+        """[layers, B, max_len, qk_rope_head_dim]: a view of `latent`."""
+        return self.latent[..., self.rank:]
+
+    @property
     def batch_size(self) -> int:
-        return self.ckv.shape[1]
+        return self.latent.shape[1]
 
     @property
     def bytes_per_token_per_layer(self) -> int:
-        return (self.ckv.shape[-1] + self.kpe.shape[-1]) * self.ckv.element_size()
+        return self.latent.shape[-1] * self.latent.element_size()
 
-    def write(self, layer: int, ckv: torch.Tensor, kpe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store [B, T, ·] at slots length..length+T of `layer`; return the layer's filled prefix."""
+    def write(self, layer: int, ckv: torch.Tensor, kpe: torch.Tensor) -> torch.Tensor:
+        """Store [B, T, ·] at slots length..length+T of `layer`; return the layer's filled prefix
+        [B, length+T, kv_lora_rank + qk_rope_head_dim] (c_kv, then k_pe)."""
         end = self.length + ckv.shape[1]
         if end > self.max_len:
             raise ValueError(f"cache overflow: {end} tokens > max_len {self.max_len}")
-        self.ckv[layer, :, self.length:end] = ckv.to(self.ckv.dtype)
-        self.kpe[layer, :, self.length:end] = kpe.to(self.kpe.dtype)
-        return self.ckv[layer, :, :end], self.kpe[layer, :, :end]
+        self.latent[layer, :, self.length:end, : self.rank] = ckv.to(self.latent.dtype)
+        self.latent[layer, :, self.length:end, self.rank:] = kpe.to(self.latent.dtype)
+        return self.latent[layer, :, :end]
 
     def attention_mask(self, num_new: int) -> torch.Tensor:
         """Bool [B, 1, T, S]: query slot length+i may see key slot s ≤ it when s is valid (always itself)."""
@@ -64,6 +76,5 @@ class LatentCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (drop finished sequences)."""
-        self.ckv = self.ckv[:, rows]
-        self.kpe = self.kpe[:, rows]
+        self.latent = self.latent[:, rows]
         self.valid = self.valid[rows]
