@@ -164,6 +164,7 @@ class ProblemResult:
     answers: list[str | None]  # normalised
     voted: str | None
     cons_score: float
+    lengths: list[int] = field(default_factory=list)  # completion tokens of each sample
 
     @property
     def mean(self) -> float:
@@ -290,10 +291,12 @@ def evaluate(backend: Backend, tasks: Sequence[Task | str], *, n: int, samples: 
              temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 1024, seed: int = 0,
              prompt_format: PromptFormat = "chat", task_seed: int = EVAL_SEED,
              task_config: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 16,
-             num_examples: int = 3, progress: bool = True, model_name: str = "") -> EvalReport:
+             num_examples: int = 3, progress: bool = True, model_name: str = "",
+             task_max_new_tokens: Mapping[str, int] | None = None) -> EvalReport:
     """Evaluate `backend` on the first `n` rows of each task (Task objects, or names loaded with
     `load_task(name, size=n, seed=task_seed, **task_config[name])`), `samples` completions per problem.
-    `seed` seeds the sampling. See the module docstring for every figure in the report."""
+    `seed` seeds the sampling; `task_max_new_tokens` gives some tasks their own token budget instead of
+    `max_new_tokens`. See the module docstring for every figure in the report."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"n (problems per task) must be a positive integer, got {n!r}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
@@ -303,17 +306,31 @@ def evaluate(backend: Backend, tasks: Sequence[Task | str], *, n: int, samples: 
     if backend.tokenizer is None:
         raise UserError("evaluation needs text: the model directory has no tokenizer")
     opened = _open(tasks, n, task_seed, task_config)
+    budgets = _budgets(opened, max_new_tokens, task_max_new_tokens)
     stops = (ANSWER_END,) if prompt_format == "r1_zero" else ()
     base = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, n=samples,
                           stop_strings=stops)
     config = {"model": model_name, "n": n, "samples": samples, "temperature": temperature, "top_p": top_p,
               "max_new_tokens": max_new_tokens, "seed": seed, "task_seed": task_seed,
-              "prompt_format": prompt_format, "task_config": {k: dict(v) for k, v in (task_config or {}).items()}}
+              "prompt_format": prompt_format, "task_config": {k: dict(v) for k, v in (task_config or {}).items()},
+              "task_max_new_tokens": dict(task_max_new_tokens or {})}
     total = sum(min(n, len(t)) for t in opened)
     with _progress(progress, total) as advance:
-        results = [_evaluate_task(backend, task, min(n, len(task)), base, seed, prompt_format, batch_size,
-                                  num_examples, advance) for task in opened]
+        results = [_evaluate_task(backend, task, min(n, len(task)), replace(base, max_new_tokens=budget), seed,
+                                  prompt_format, batch_size, num_examples, advance)
+                   for task, budget in zip(opened, budgets)]
     return EvalReport(results, config)
+
+
+def _budgets(tasks: Sequence[Task], default: int, per_task: Mapping[str, int] | None) -> list[int]:
+    per_task = dict(per_task or {})
+    stray = sorted(set(per_task) - {t.name for t in tasks})
+    if stray:
+        raise UserError(f"a token budget given for tasks not evaluated: {', '.join(stray)}")
+    for name, budget in per_task.items():
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise UserError(f"the token budget of {name} must be a positive integer, got {budget!r}")
+    return [per_task.get(t.name, default) for t in tasks]
 
 
 def _evaluate_task(backend: Backend, task: Task, n: int, base: SamplingParams, seed: int,
@@ -337,7 +354,8 @@ def _evaluate_task(backend: Backend, task: Task, n: int, base: SamplingParams, s
                 index=start + offset, reference=str(row["answer"]), scores=[v.score for v in verdicts],
                 parsed=[v.parsed for v in verdicts], answers=answers,
                 voted=None if winner is None else answers[winner],
-                cons_score=0.0 if winner is None else verdicts[winner].score))
+                cons_score=0.0 if winner is None else verdicts[winner].score,
+                lengths=[len(c.token_ids) for c in group]))
             tokens += sum(len(c.token_ids) for c in group)
             truncated += sum(c.finish_reason == "length" for c in group)
             if len(examples) < num_examples:

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--task-max-new-tokens", action="append", default=[], metavar="NAME=N",
+                        help="a task's own token budget instead of --max-new-tokens (repeatable)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"held-out row seed (default {EVAL_SEED})")
     parser.add_argument("--sampling-seed", type=int, default=0)
     parser.add_argument("--format", choices=["chat", "r1_zero"], default="chat", dest="prompt_format",
@@ -61,6 +63,17 @@ def parse_task_config(items: list[str], base: dict[str, dict[str, Any]] | None =
     return out
 
 
+def parse_task_budgets(items: list[str]) -> dict[str, int]:
+    """`NAME=N` items -> {NAME: N}."""
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value.strip().isdigit():
+            raise UserError(f"--task-max-new-tokens {item!r}: use NAME=N, e.g. countdown=768")
+        out[name] = int(value)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from frugal_r1.eval import console_for_stdout, evaluate
     from frugal_r1.generate import load_backend
@@ -84,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                       top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed,
                       prompt_format=args.prompt_format, task_seed=args.seed, task_config=task_config,
                       batch_size=args.batch_size, progress=not args.no_progress,
-                      num_examples=max(3, args.examples), model_name=str(args.model))
+                      num_examples=max(3, args.examples), model_name=str(args.model),
+                      task_max_new_tokens=parse_task_budgets(args.task_max_new_tokens))
     console = console_for_stdout()
     report.print(console)
     for task in report.tasks:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from frugal_r1.cli import main
+from frugal_r1.errors import UserError
 from frugal_r1.eval import (EVAL_SEED, effective_size, evaluate, majority, normalise_answer, pass_at_1_interval,
                             wilson_interval)
 from frugal_r1.generate.backend import Backend, Completion, SamplingParams
@@ -95,6 +96,21 @@ def test_sampling_defaults_and_call_seeds(abc_task):
     assert backend.calls[0].seed != backend.calls[1].seed  # problems in different calls draw differently
 
 
+def test_a_task_can_have_its_own_token_budget(abc_task, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "A", "answer": "4"}])
+    backend = FakeBackend(by_question)
+    tasks = [load_task(abc_task, verifier="numeric"), load_task(other, verifier="numeric")]
+    report = evaluate(backend, tasks, n=3, samples=4, max_new_tokens=100, progress=False,
+                      task_max_new_tokens={other: 7})
+    assert [p.max_new_tokens for p in backend.calls] == [100, 7]
+    assert report.config["task_max_new_tokens"] == {other: 7}
+    assert report.tasks[0].problems[0].lengths == [1, 2, 3, 4]  # the fake backend's j + 1 tokens
+    with pytest.raises(UserError, match="not evaluated: countdown"):
+        evaluate(backend, tasks, n=3, task_max_new_tokens={"countdown": 7}, progress=False)
+    with pytest.raises(UserError, match="positive integer"):
+        evaluate(backend, tasks, n=3, task_max_new_tokens={other: 0}, progress=False)
+
+
 def test_wilson_matches_the_formula_and_never_collapses():
     p, n, z = 0.3, 50, 1.959963984540054
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -170,8 +186,6 @@ def test_reasoning_gym_task_by_name_uses_the_held_out_seed_and_config():
 
 
 def test_bad_arguments_are_user_errors(abc_task):
-    from frugal_r1.errors import UserError
-
     with pytest.raises(UserError):
         evaluate(FakeBackend(by_question), [abc_task], n=0, progress=False)
     with pytest.raises(UserError):
@@ -206,3 +220,6 @@ def test_cli_errors_are_one_line(tiny_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert "unknown task" in err and len(err.splitlines()) == 1
     assert main(["eval", "--model", str(tiny_dir), "--task", "chain_sum", "--task-config", "oops=1"]) == 2
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tiny_dir), "--task", "chain_sum", "--task-max-new-tokens", "chain_sum"]) == 2
+    assert "use NAME=N" in capsys.readouterr().err

@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class SpeedrunConfig:
     eval_n: int = 200  # held-out problems per task
     eval_samples: int = 4
     eval_max_new_tokens: int = 768
+    eval_task_max_new_tokens: dict[str, int] = field(default_factory=dict)  # tasks with their own budget
     eval_seed: int = 20_251_127  # reasoning-gym seed of the held-out set, far from the training seeds
     examples: int = 3  # problems shown before/after GRPO in the report
 
@@ -143,7 +144,8 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
              for t in cfg.data.tasks]
     report = evaluate(load_backend(model_dir), tasks, n=settings.eval_n, samples=settings.eval_samples,
                       temperature=0.6, top_p=0.95, max_new_tokens=settings.eval_max_new_tokens,
-                      seed=settings.eval_seed, batch_size=64, progress=True)
+                      seed=settings.eval_seed, batch_size=64, progress=True,
+                      task_max_new_tokens=settings.eval_task_max_new_tokens)
     result = report.to_dict()
     result["wall_seconds"] = time.perf_counter() - tick
     timings[name] = result["wall_seconds"]
