@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--examples", type=int, default=0, metavar="N", help="print N example completions per task")
     parser.add_argument("--json", metavar="OUT", help="write the full report (per problem too) as JSON")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default; beside another job on few cores, set it)")
     parser.set_defaults(func=run)
 
 
@@ -91,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
                         ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     task_config = parse_task_config(args.task_config, recipe_config)
     backend = load_backend(args.model, backend=args.backend)
     report = evaluate(backend, tasks, n=args.n, samples=args.samples, temperature=args.temperature,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 
 from frugal_r1.cli import main
 from frugal_r1.errors import UserError
@@ -204,8 +205,13 @@ def test_cli_on_a_tiny_model(tiny_dir, tmp_path, capsys):
                                                  {"question": "Add 2 and 2.", "answer": "#### 4"},
                                                  {"question": "What is 3+3?", "answer": "6"}])
     out = tmp_path / "report.json"
-    code = main(["eval", "--model", str(tiny_dir), "--task", name, "--n", "3", "--samples", "2",
-                 "--max-new-tokens", "24", "--json", str(out), "--no-progress"])
+    threads = torch.get_num_threads()
+    try:
+        code = main(["eval", "--model", str(tiny_dir), "--task", name, "--n", "3", "--samples", "2",
+                     "--max-new-tokens", "24", "--json", str(out), "--no-progress", "--threads", "1"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     report = json.loads(out.read_text())
     task = report["tasks"][0]
