@@ -44,6 +44,7 @@ eval_samples = 1
 eval_n = 3
 eval_samples = 2
 eval_max_new_tokens = 12
+eval_task_max_new_tokens = { countdown = 8 }
 """
 
 ENV = {**os.environ, "FRUGAL_R1_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -67,6 +68,11 @@ def test_toy_speedrun_end_to_end(tmp_path):
         assert (out / png).stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "## Tasks" in text and "Before and after GRPO" in text and "predicted" in text
+    assert "at most 12 (8 for countdown) new tokens" in text
+    evaluated = json.loads((out / "eval_grpo.json").read_text())
+    assert evaluated["config"]["task_max_new_tokens"] == {"countdown": 8}
+    countdown = next(t for t in evaluated["tasks"] if t["task"] == "countdown")
+    assert all(n <= 8 for p in countdown["problems"] for n in p["lengths"])
     for stage in ("pretrain", "sft"):  # the report's projection counts exactly what the ledger counted
         assert report["predicted"][stage]["flops"] == pytest.approx(report["ledgers"][stage]["flops"], rel=1e-9)
     assert report["predicted"]["grpo"]["seconds"] > 0

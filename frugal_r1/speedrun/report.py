@@ -132,7 +132,8 @@ def _budgets(settings) -> str:
     own = settings.eval_task_max_new_tokens
     if not own:
         return f"{settings.eval_max_new_tokens:,}"
-    return ", ".join([f"{budget:,} for {name}" for name, budget in own.items()] + [f"{settings.eval_max_new_tokens:,} for the rest"])
+    each = ", ".join(f"{budget:,} for {name}" for name, budget in own.items())
+    return f"{settings.eval_max_new_tokens:,} ({each})"
 
 
 def _markdown(s: dict[str, Any], eval_sft: dict, eval_grpo: dict, settings) -> str:
