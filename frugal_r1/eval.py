@@ -350,13 +350,14 @@ def _evaluate_task(backend: Backend, task: Task, n: int, base: SamplingParams, s
             verdicts = [verify(text, row) for text in texts]
             answers = [normalise_answer(text, row) if v.parsed else None for text, v in zip(texts, verdicts)]
             winner = majority(answers)
+            lengths = [len(c.token_ids) for c in group]
             problems.append(ProblemResult(
                 index=start + offset, reference=str(row["answer"]), scores=[v.score for v in verdicts],
                 parsed=[v.parsed for v in verdicts], answers=answers,
                 voted=None if winner is None else answers[winner],
                 cons_score=0.0 if winner is None else verdicts[winner].score,
-                lengths=[len(c.token_ids) for c in group]))
-            tokens += sum(len(c.token_ids) for c in group)
+                lengths=lengths))
+            tokens += sum(lengths)
             truncated += sum(c.finish_reason == "length" for c in group)
             if len(examples) < num_examples:
                 examples.append({"index": start + offset, "prompt": prompts[offset], "reference": str(row["answer"]),

@@ -128,7 +128,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _budgets(settings) -> str:
+def _budget_text(settings) -> str:
     own = settings.eval_task_max_new_tokens
     if not own:
         return f"{settings.eval_max_new_tokens:,}"
@@ -142,7 +142,7 @@ def _markdown(s: dict[str, Any], eval_sft: dict, eval_grpo: dict, settings) -> s
              f"**${s['usd']:.4f}**, {s['kwh']:.4f} kWh.", "",
              f"Held-out: {settings.eval_n} problems per task (reasoning-gym seed {settings.eval_seed}, disjoint from "
              f"training), {settings.eval_samples} samples each at T = 0.6, top-p 0.95, at most "
-             f"{_budgets(settings)} new tokens; pass@1 = mean over samples, 95% Wilson intervals.", "",
+             f"{_budget_text(settings)} new tokens; pass@1 = mean over samples, 95% Wilson intervals.", "",
              "## Tasks", "",
              "| task | after SFT | after GRPO | 95% CI | cons@k | unparsable | floor | aim |",
              "|---|---|---|---|---|---|---|---|"]
