@@ -16,7 +16,7 @@ from frugal_r1.errors import UserError
 from frugal_r1.tasks import load_task
 from frugal_r1.traces import TRACE_TASKS, make_trace
 from frugal_r1.traces.__main__ import TASK_CONFIGS
-from frugal_r1.traces.arithmetic import add_columns, divide, evaluate, multiply, sub_columns, tokenize
+from frugal_r1.traces.arithmetic import add_columns, add_sub, divide, evaluate, multiply, sub_columns, tokenize
 from frugal_r1.traces.search import _solvable, render
 
 TRACE_RE = re.compile(r"<think>\n(.+)\n</think>\n<answer>([^<>\n]+)</answer>", re.S)
@@ -148,8 +148,16 @@ def test_column_arithmetic_is_written_as_documented():
         "-57 * 59 = -3363",
     ]
     assert divide(1278, 18) == (["1278 / 18: 127/18=7 r1, 18/18=1 r0, so 71"], 71)
-    assert evaluate(tokenize("2 - -1")) == (["2 - -1", "2 - -1 = 2 + 1 = 3"], 3)
-    assert evaluate(tokenize("4 - 1 - 7"), rewrite=False)[0] == ["4 - 1 = 3", "3 - 7 = -(7 - 3) = -4"]
+    assert evaluate(tokenize("2 - -1")) == (["2 - -1", "2 - -1 = 2 + 1: 2+1=3, so 3"], 3)
+    assert evaluate(tokenize("4 - 1 - 7"), rewrite=False)[0] == ["4 - 1: 4-1=3, so 3", "3 - 7 = -(7 - 3): 7-3=4, so -4"]
+
+
+def test_single_digit_facts_take_the_column_form_and_multi_digit_shortcuts_stay_copies():
+    assert multiply(-7, 8) == (["-7 * 8 = -(7 * 8): 7*8=56, so -56"], -56)
+    assert add_sub(0, "-", 7) == (["0 - 7 = -(7 - 0): 7-0=7, so -7"], -7)
+    assert add_sub(4821, "+", 0) == (["4821 + 0 = 4821"], 4821)
+    assert multiply(1, 7) == (["1 * 7 = 7"], 7)
+    assert multiply(0, 5) == (["0 * 5 = 0"], 0)
 
 
 @pytest.mark.parametrize("a, b", list(itertools.product((-1234, -99, -7, 0, 5, 86, 1000), (-450, -13, -1, 3, 77, 909))))

@@ -17,8 +17,13 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   subtracts 1 is visible in the previous column's first number. A smaller - larger is rewritten first:
   `397 - 5218 = -(5218 - 397): ...`. Signed operands are rewritten the same way (`2 - -1 = 2 + 1`,
   `-4821 + 100 = -(4821 - 100)`), so the columns only ever see non-negative numbers.
-- Two single-digit operands (or a 0 or 1 shortcut) are a fact on one line: `7 * 8 = 56`,
-  `3 - 7 = -(7 - 3) = -4`.
+- Two single-digit operands are one column, in the form every multi-digit column takes (`3 - 7 = -(7 - 3):
+  7-3=4, so -4`, `7 * 8: 7*8=56, so 56`), not a spaced fact (`3 - 7 = -(7 - 3) = -4`): a model trained on
+  chain_sum alone made 48 of its 60 teacher-forced errors on held-out traces in those spaced facts (3.8% of
+  their tokens wrong, against 0.03% of the column sums), the same facts it gets right inside columns. With
+  one form, chain_sum alone, 1,500 pretraining steps of 2 rows, greedy accuracy on 200 held-out problems rose
+  from 16% to 30.5% (2026-11-29, examples/probe_pretraining.py).
+  A multi-digit operand with a 0 (or, for *, a 1) is still a copy on one line (`4821 + 0 = 4821`).
 - Multiplication by a single digit is columns with a carry that may exceed 1 (`7*9=63, 5*9+6=51, so 513`).
   A multi-digit multiplier (the operand with fewer digits, then fewer nonzero digits) is split into its
   nonzero digits (`57 * 59 = 57 * 9 + 57 * 50`), each partial product is its own line (times 10 appends
@@ -88,7 +93,8 @@ def add_sub(p: int, op: str, q: int) -> tuple[list[str], int]:
     """Lines for `p op q` with op in + -, any signs; the last line ends with the result."""
     value = p + q if op == "+" else p - q
     head = f"{p} {op} {q}"
-    if q == 0 or p == 0:
+    single_digits = abs(p) < 10 and abs(q) < 10
+    if (q == 0 or p == 0) and not single_digits:
         return [f"{head} = {value}"], value
     addend = q if op == "+" else -q
     if p >= 0 and addend >= 0:
@@ -103,8 +109,6 @@ def add_sub(p: int, op: str, q: int) -> tuple[list[str], int]:
     if negative:
         core = f"-({core})"
     line = head if core == head else f"{head} = {core}"
-    if a < 10 and b < 10:
-        return [f"{line} = {value}"], value
     columns = add_columns(a, b) if core_op == "+" else sub_columns(a, b)
     return [f"{line}: {columns}, so {value}"], value
 
@@ -133,7 +137,7 @@ def multiply(p: int, q: int) -> tuple[list[str], int]:
     if p == 0 or q == 0:
         return [f"{p} * {q} = 0"], 0
     head, a, b = _sign_rewrite(p, "*", q)
-    if a == 1 or b == 1 or (a < 10 and b < 10):
+    if a == 1 or b == 1:
         return [f"{head} = {value}"], value
     n, m = (b, a) if _multiplier_first(a, b) else (a, b)
     if m < 10:
