@@ -42,6 +42,7 @@ class SpeedrunConfig:
     eval_max_new_tokens: int = 768
     eval_task_max_new_tokens: dict[str, int] = field(default_factory=dict)  # tasks with their own budget
     eval_seed: int = 20_251_127  # reasoning-gym seed of the held-out set, far from the training seeds
+    eval_batch_size: int = 100  # problems per generation call (times eval_samples rows)
     examples: int = 3  # problems shown before/after GRPO in the report
 
 
@@ -144,7 +145,7 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
              for t in cfg.data.tasks]
     report = evaluate(load_backend(model_dir), tasks, n=settings.eval_n, samples=settings.eval_samples,
                       temperature=0.6, top_p=0.95, max_new_tokens=settings.eval_max_new_tokens,
-                      seed=settings.eval_seed, batch_size=64, progress=True,
+                      seed=settings.eval_seed, batch_size=settings.eval_batch_size, progress=True,
                       task_max_new_tokens=settings.eval_task_max_new_tokens)
     result = report.to_dict()
     result["wall_seconds"] = time.perf_counter() - tick
