@@ -179,3 +179,25 @@ def test_moe_gate_biases_stay_put_in_grpo_unless_asked(tiny_frugal, tmp_path, sp
     biases = [name for name in before if name.endswith("e_score_correction_bias")]
     assert biases and json.loads((tiny_frugal / "config.json").read_text())["bias_update_speed"] > 0
     assert any(not torch.equal(before[name], after[name]) for name in biases) == moves
+
+
+def test_grpo_prompts_follow_the_task_weights():
+    from types import SimpleNamespace
+
+    from frugal_r1.errors import UserError
+    from frugal_r1.train.corpus import task_weight_list
+    from frugal_r1.train.grpo import GRPOStage
+
+    tasks = [type("T", (), {"name": n, "__len__": lambda self: 10, "__getitem__": lambda self, i, n=n: n})()
+             for n in ("a", "b", "c")]
+
+    def drawn(weights):
+        stage = SimpleNamespace(tasks=tasks, seed=0, rollout_index=0, info=SimpleNamespace(world_size=1, rank=0),
+                                task_weights=task_weight_list(tasks, weights) if weights else None)
+        return GRPOStage._rows(stage, 300)
+
+    weighted = drawn({"a": 0, "b": 1, "c": 3})
+    assert "a" not in weighted and 180 < weighted.count("c") < 270
+    assert set(drawn({})) == {"a", "b", "c"}
+    with pytest.raises(UserError, match="names tasks not in data.tasks: z"):
+        task_weight_list(tasks, {"z": 1.0})

@@ -46,7 +46,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     tasks = open_tasks(cfg.data, seed)
     eval_tasks = open_tasks(cfg.data, seed + cfg.data.eval_seed_offset)
     stage = GRPOStage(policy, cfg.rl, cfg.train.grad_accum, tasks, eval_tasks, seed, out_dir, info, reference,
-                      user_rewards, bf16=cfg.train.bf16)
+                      user_rewards, bf16=cfg.train.bf16, task_weights=cfg.data.task_weights)
     hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
     ledger = Ledger(hardware, precision="bf16" if stage.bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
