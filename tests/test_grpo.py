@@ -185,15 +185,15 @@ def test_grpo_prompts_follow_the_task_weights():
     from types import SimpleNamespace
 
     from frugal_r1.errors import UserError
-    from frugal_r1.train.corpus import task_weight_list
+    from frugal_r1.train.corpus import problem_stream, task_weight_list
     from frugal_r1.train.grpo import GRPOStage
 
     tasks = [type("T", (), {"name": n, "__len__": lambda self: 10, "__getitem__": lambda self, i, n=n: n})()
              for n in ("a", "b", "c")]
 
     def drawn(weights):
-        stage = SimpleNamespace(tasks=tasks, seed=0, rollout_index=0, info=SimpleNamespace(world_size=1, rank=0),
-                                task_weights=task_weight_list(tasks, weights) if weights else None)
+        stage = SimpleNamespace(rollout_index=0, info=SimpleNamespace(world_size=1, rank=0),
+                                problem=problem_stream(tasks, weights, "0:grpo"))
         return GRPOStage._rows(stage, 300)
 
     weighted = drawn({"a": 0, "b": 1, "c": 3})

@@ -55,7 +55,7 @@ def task_weight_list(tasks: list[Task], weights: dict[str, float]) -> list[float
     return w
 
 
-def problem_stream(tasks: list[Task], weights: dict[str, float], seed: int) -> Callable[[int], tuple[Task, dict]]:
+def problem_stream(tasks: list[Task], weights: dict[str, float], seed: int | str) -> Callable[[int], tuple[Task, dict]]:
     """index -> (task, row), deterministic in (seed, index)."""
     w = task_weight_list(tasks, weights)
 

@@ -21,7 +21,6 @@ configured floors → stop or roll back; a NaN loss rolls back to the last check
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import RLConfig
 from frugal_r1.rewards.functions import BUILT_IN, RewardFn, combine, length_penalty
 from frugal_r1.tasks import Task
-from frugal_r1.train.corpus import task_weight_list
+from frugal_r1.train.corpus import problem_stream
 from frugal_r1.train.grpo_loss import AGGREGATIONS, ADVANTAGE_SCALES, advantages, loss_sum, normaliser, token_loss
 from frugal_r1.train.policy import Policy
 from frugal_r1.errors import UserError
@@ -67,7 +66,7 @@ class GRPOStage:
                  task_weights: dict[str, float] | None = None):
         _validate(rl)
         self.policy, self.rl, self.grad_accum, self.tasks, self.eval_tasks = policy, rl, grad_accum, tasks, eval_tasks
-        self.task_weights = task_weight_list(tasks, task_weights) if task_weights else None
+        self.problem = problem_stream(tasks, task_weights or {}, f"{seed}:grpo")
         self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
         self.bf16 = module_uses_bf16(bf16, policy.module)
         self.on_collapse = rl.on_collapse
@@ -182,9 +181,7 @@ class GRPOStage:
         rows = []
         for k in range(count):
             index = (self.rollout_index * self.info.world_size + self.info.rank) * count + k
-            draw = random.Random(f"{self.seed}:grpo-task:{index}")
-            task = draw.choices(self.tasks, weights=self.task_weights)[0] if self.task_weights else draw.choice(self.tasks)
-            rows.append(task[index % len(task)])
+            rows.append(self.problem(index)[1])
         return rows
 
     def _rollout(self) -> None:
