@@ -82,8 +82,21 @@ def test_toy_speedrun_end_to_end(tmp_path):
 
     refused = speedrun("--config", str(recipe), "--out", str(out))
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = speedrun("--config", str(recipe), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu")
+    stages = json.loads((out / "timings.json").read_text())
+    assert set(stages) == {"pretrain", "sft", "eval_sft", "grpo", "eval_grpo"}
+    assert report["wall_minutes"] == pytest.approx(sum(stages.values()) / 60)
+
+    missing = speedrun("--config", str(recipe), "--out", str(out), "--resume", "--compare", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "not a finished speedrun" in missing.stderr and "Traceback" not in missing.stderr
+    # A finished run resumed only rewrites its report, here with itself as the run to compare against; the stage
+    # times are the first process's, not the resume's.
+    resumed = speedrun("--config", str(recipe), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu",
+                       "--compare", str(out))
     assert resumed.returncode == 0 and "already finished" in resumed.stdout
+    again = json.loads((out / "report.json").read_text())
+    assert again["stage_minutes"] == pytest.approx(report["stage_minutes"])
+    assert "## What more time buys" in (out / "report.md").read_text()
+    assert (out / "accuracy_vs_minutes_runs.png").stat().st_size > 1000
 
 
 def test_minutes_scale_every_stage():
@@ -98,6 +111,30 @@ def test_minutes_scale_every_stage():
         "basic_arithmetic": {"max_digits": 2, "max_terms": 4},
         "countdown": {"min_numbers": 3, "max_numbers": 4, "min_value": 1, "max_value": 50, "min_target": 10,
                       "max_target": 100}}
+
+
+def test_compare_table_reads_each_run_from_its_own_files(tmp_path):
+    from frugal_r1.speedrun.compare import load_run, plot, table
+
+    def finished_run(name: str, minutes: float, stage_seconds: tuple[float, float, float], sft: float, grpo: float):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "speedrun.json").write_text(json.dumps({"seed": 0, "minutes": minutes}))
+        ledgers = {s: {"wall_seconds": t} for s, t in zip(("pretrain", "sft", "grpo"), stage_seconds)}
+        (run / "report.json").write_text(json.dumps({
+            "ledgers": ledgers, "wall_minutes": sum(stage_seconds) / 60 + 10, "mean_pass_at_1": {"sft": sft, "grpo": grpo},
+            "after_grpo": {"chain_sum": {"pass_at_1": grpo + 0.1}, "puzzle24": {"pass_at_1": grpo - 0.1}}}))
+        return load_run(run)
+
+    long = finished_run("long", 120, (6000, 600, 1800), 0.30, 0.35)
+    short = finished_run("short", 30, (1500, 150, 450), 0.19, 0.2)
+    assert (long.sft_minutes, long.training_minutes) == (110, 140)
+    lines = table([long, short])
+    assert lines[0].endswith("| chain_sum | puzzle24 |")
+    assert lines[2] == "| short | 0 | 30 min | 35.0 | 45.0 | 19.0% | 20.0% | 30.0% | 10.0% |"
+    assert lines[3] == "| long | 0 | 120 min | 140.0 | 150.0 | 30.0% | 35.0% | 45.0% | 25.0% |"
+    plot([long, short], tmp_path / "runs.png")
+    assert (tmp_path / "runs.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

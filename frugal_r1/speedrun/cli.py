@@ -1,4 +1,4 @@
-"""`frugal-r1 speedrun [--out DIR] [--seed S] [--minutes M] [--resume]`: see run.py."""
+"""`frugal-r1 speedrun [--out DIR] [--seed S] [--minutes M] [--resume] [--compare DIR]`: see run.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", metavar="RECIPE.toml", help="another recipe (default recipes/speedrun.toml)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
                         help="override one stage's field, e.g. grpo:rl.group_size=16 (repeatable)")
+    parser.add_argument("--compare", action="append", default=[], metavar="DIR",
+                        help="a finished speedrun to set beside this one in the report: what more time buys "
+                             "(repeatable)")
     parser.set_defaults(func=_run)
 
 
@@ -25,5 +28,5 @@ def _run(args: argparse.Namespace) -> int:
         if ":" not in item or item.split(":", 1)[0] not in ("pretrain", "sft", "grpo"):
             raise UserError(f"--set {item!r}: use STAGE:section.key=value with STAGE pretrain, sft or grpo")
     run_speedrun(args.out, seed=args.seed, minutes=args.minutes, resume=args.resume, recipe=args.config,
-                 overrides=args.set)
+                 overrides=args.set, compare=args.compare)
     return 0

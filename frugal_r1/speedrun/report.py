@@ -7,7 +7,8 @@ Reads each stage's ledger.json and metrics.jsonl and the two evaluations; writes
   measured per stage);
 - plots: pretraining loss, GRPO reward / held-out accuracy / completion length over steps, and held-out
   accuracy against wall-clock minutes;
-- the same problems answered before and after GRPO.
+- the same problems answered before and after GRPO;
+- with `--compare DIR…`, this run beside other finished speedruns (compare.py): what more time buys.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any] | None:
 
 
 def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: dict, timings: dict[str, float],
-                 wall_seconds: float) -> dict[str, Any]:
+                 wall_seconds: float, compared: list[Path] = ()) -> dict[str, Any]:
     ledgers = {name: json.loads((out / name / "ledger.json").read_text()) for name in STAGES}
     try:
         predicted = projection(out, configs)
@@ -113,9 +114,22 @@ def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: 
         "grpo_gain": gain, "grpo_gain_meets_floor": gain["gain"] >= 0.05 and gain["low"] > 0,
         "floors": floors, "plots": plots,
     }
+    if compared:
+        _compare(out, summary, compared)
     atomic_write_bytes(out / "report.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(out / "report.md", _markdown(summary, eval_sft, eval_grpo, settings).encode())
     return summary
+
+
+def _compare(out: Path, summary: dict[str, Any], compared: list[Path]) -> None:
+    """Set this run beside the --compare runs: summary["compared"] (the table's lines) and a plot."""
+    from frugal_r1.speedrun.compare import RunResult, load_run, plot, table
+
+    plan = json.loads((out / "speedrun.json").read_text())
+    runs = [RunResult.of(f"{out.name} (this run)", plan, summary)] + [load_run(Path(d)) for d in compared]
+    summary["compared"] = table(runs)
+    plot(runs, out / "accuracy_vs_minutes_runs.png")
+    summary["plots"]["accuracy vs minutes, runs compared"] = "accuracy_vs_minutes_runs.png"
 
 
 def _row(task: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +182,10 @@ def _markdown(s: dict[str, Any], eval_sft: dict, eval_grpo: dict, settings) -> s
     for name in ("eval_sft", "eval_grpo"):
         if name in s["stage_minutes"]:
             lines.append(f"| {name} | {s['stage_minutes'][name]:.1f} | | | | | | | |")
+    if s.get("compared"):
+        lines += ["", "## What more time buys", "",
+                  "This run beside other speedruns (`--compare`); minutes are measured, pass@1 after GRPO per task.",
+                  ""] + s["compared"]
     lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in s["plots"].items()]
     lines += ["", "## Before and after GRPO", ""]
     before_tasks, after_tasks = _tasks(eval_sft), _tasks(eval_grpo)

@@ -11,6 +11,8 @@ The stages, each a normal run directory under --out, each rerunnable alone from 
     report.md, report.json, *.png, final/ (model + tokenizer, loadable by transformers)
 
 `--minutes M` scales every stage's step count by M / 30 (the recipe's counts are the 30-minute budget).
+`--compare DIR` (repeatable) sets other finished speedruns beside this one in the report (compare.py); a
+finished run resumed with it only rewrites its report.
 `--resume` continues: finished stages (those with final/ and ledger.json) are kept, the stage in
 progress resumes from its last checkpoint. An existing non-empty --out is never overwritten silently.
 Held-out problems come from reasoning-gym seeds disjoint from every training seed (seed + eval offset).
@@ -30,6 +32,7 @@ from typing import Any
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
 from frugal_r1.recipe import StageConfig, load_stage
+from frugal_r1.speedrun.compare import check_runs
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "speedrun.toml"
 BUDGET_MINUTES = 30.0
@@ -80,7 +83,8 @@ def _finished(stage_dir: Path) -> bool:
 
 
 def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES, resume: bool = False,
-                 recipe: str | Path | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+                 recipe: str | Path | None = None, overrides: list[str] = (),
+                 compare: list[str | Path] = ()) -> dict[str, Any]:
     from frugal_r1.train.grpo_run import run_grpo
     from frugal_r1.train.run import run_lm_stage
 
@@ -89,6 +93,7 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         raise UserError(f"recipe {recipe} not found")
     if minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
+    compared = check_runs(list(compare))  # before hours of training, not after
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out {out} exists and is not empty; pass --resume to continue it or choose another --out")
@@ -102,8 +107,12 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings_path = out / "timings.json"  # each stage's measured seconds, kept across --resume
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+    def record(name: str, seconds: float) -> None:
+        timings[name] = seconds
+        atomic_write_bytes(timings_path, json.dumps(timings, indent=2).encode())
 
     def stage(name: str, fn) -> None:
         directory = out / name
@@ -112,13 +121,13 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
             return
         tick = time.perf_counter()
         fn(directory, resume and directory.exists() and any(directory.iterdir()))
-        timings[name] = time.perf_counter() - tick
+        record(name, time.perf_counter() - tick)
 
     stage("pretrain", lambda d, r: run_lm_stage("pretrain", configs["pretrain"], d, resume=r))
     stage("sft", lambda d, r: run_lm_stage("sft", configs["sft"], d, resume=r, init=str(out / "pretrain" / "final")))
-    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings, timings, "eval_sft")
+    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings, record, "eval_sft")
     stage("grpo", lambda d, r: run_grpo(configs["grpo"], d, init=str(out / "sft" / "final"), resume=r))
-    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings, timings,
+    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings, record,
                                "eval_grpo")
 
     final = out / "final"
@@ -127,13 +136,29 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     shutil.copytree(out / "grpo" / "final", final)
     from frugal_r1.speedrun.report import write_report
 
-    summary = write_report(out, configs, settings, eval_sft, eval_grpo, timings, time.perf_counter() - started)
+    seconds = stage_seconds(out, timings, {"eval_sft": eval_sft, "eval_grpo": eval_grpo})
+    summary = write_report(out, configs, settings, eval_sft, eval_grpo, seconds, sum(seconds.values()), compared)
     print(f"[speedrun] done in {summary['wall_minutes']:.1f} min: report {out / 'report.md'}")
     return summary
 
 
+def stage_seconds(out: Path, timings: dict[str, float], evaluations: dict[str, dict]) -> dict[str, float]:
+    """Each stage's wall seconds, whichever process ran it: the time measured around the stage (setup such as
+    the tokenizer included). A training stage resumed after a kill measured only its last process, so it
+    counts at least its ledger's time (which resumes with the checkpoint); a stage finished by an older
+    frugal-r1, which kept no timings.json, counts its ledger's or its evaluation's own record."""
+    seconds = {}
+    for name in ("pretrain", "sft", "eval_sft", "grpo", "eval_grpo"):
+        if name in evaluations:
+            recorded = evaluations[name].get("wall_seconds", 0.0)
+        else:
+            recorded = json.loads((out / name / "ledger.json").read_text())["wall_seconds"]
+        seconds[name] = max(timings.get(name, 0.0), recorded)
+    return seconds
+
+
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig,
-                   timings: dict[str, float], name: str) -> dict[str, Any]:
+                   record, name: str) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     from frugal_r1.eval import evaluate
@@ -149,6 +174,6 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
                       task_max_new_tokens=settings.eval_task_max_new_tokens)
     result = report.to_dict()
     result["wall_seconds"] = time.perf_counter() - tick
-    timings[name] = result["wall_seconds"]
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
+    record(name, result["wall_seconds"])
     return result
