@@ -121,8 +121,15 @@ def test_compare_table_reads_each_run_from_its_own_files(tmp_path):
         run.mkdir()
         (run / "speedrun.json").write_text(json.dumps({"seed": 0, "minutes": minutes}))
         ledgers = {s: {"wall_seconds": t} for s, t in zip(("pretrain", "sft", "grpo"), stage_seconds)}
-        (run / "report.json").write_text(json.dumps({
-            "ledgers": ledgers, "wall_minutes": sum(stage_seconds) / 60 + 10, "mean_pass_at_1": {"sft": sft, "grpo": grpo},
+        for stage, ledger in ledgers.items():
+            (run / stage).mkdir()
+            (run / stage / "ledger.json").write_text(json.dumps(ledger))
+        for evaluation in ("eval_sft", "eval_grpo"):
+            (run / f"{evaluation}.json").write_text(json.dumps({"wall_seconds": 300}))
+        # the pretraining stage measured around it (tokenizer included) is longer than its ledger
+        (run / "timings.json").write_text(json.dumps({"pretrain": stage_seconds[0] + 60}))
+        (run / "report.json").write_text(json.dumps({  # an old report's whole-run minutes are not trusted
+            "ledgers": ledgers, "wall_minutes": 1.0, "mean_pass_at_1": {"sft": sft, "grpo": grpo},
             "after_grpo": {"chain_sum": {"pass_at_1": grpo + 0.1}, "puzzle24": {"pass_at_1": grpo - 0.1}}}))
         return load_run(run)
 
@@ -131,8 +138,8 @@ def test_compare_table_reads_each_run_from_its_own_files(tmp_path):
     assert (long.sft_minutes, long.training_minutes) == (110, 140)
     lines = table([long, short])
     assert lines[0].endswith("| chain_sum | puzzle24 |")
-    assert lines[2] == "| short | 0 | 30 min | 35.0 | 45.0 | 19.0% | 20.0% | 30.0% | 10.0% |"
-    assert lines[3] == "| long | 0 | 120 min | 140.0 | 150.0 | 30.0% | 35.0% | 45.0% | 25.0% |"
+    assert lines[2] == "| short | 0 | 30 min | 35.0 | 46.0 | 19.0% | 20.0% | 30.0% | 10.0% |"
+    assert lines[3] == "| long | 0 | 120 min | 140.0 | 151.0 | 30.0% | 35.0% | 45.0% | 25.0% |"
     plot([long, short], tmp_path / "runs.png")
     assert (tmp_path / "runs.png").stat().st_size > 1000
 

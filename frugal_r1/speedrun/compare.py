@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from frugal_r1.errors import UserError
+from frugal_r1.speedrun.timings import stage_seconds
 
 STAGES = ("pretrain", "sft", "grpo")
 
@@ -30,18 +31,18 @@ class RunResult:
     budget_minutes: float | None  # what --minutes asked for
     sft_minutes: float  # pretraining + SFT, measured (the ledgers): when the after-SFT model existed
     training_minutes: float  # pretraining + SFT + GRPO
-    wall_minutes: float  # the whole run, evaluations included
+    wall_minutes: float  # the whole run, evaluations included (timings.py)
     mean_sft: float
     mean_grpo: float
     tasks_grpo: dict[str, float]  # pass@1 after GRPO per task
 
     @classmethod
-    def of(cls, label: str, plan: dict[str, Any], report: dict[str, Any]) -> "RunResult":
+    def of(cls, label: str, plan: dict[str, Any], report: dict[str, Any], wall_minutes: float) -> "RunResult":
         ledgers = report["ledgers"]
         return cls(label=label, seed=plan.get("seed"), budget_minutes=plan.get("minutes"),
                    sft_minutes=sum(ledgers[s]["wall_seconds"] for s in STAGES[:2]) / 60,
                    training_minutes=sum(ledgers[s]["wall_seconds"] for s in STAGES) / 60,
-                   wall_minutes=report["wall_minutes"], mean_sft=report["mean_pass_at_1"]["sft"],
+                   wall_minutes=wall_minutes, mean_sft=report["mean_pass_at_1"]["sft"],
                    mean_grpo=report["mean_pass_at_1"]["grpo"],
                    tasks_grpo={name: row["pass_at_1"] for name, row in report["after_grpo"].items()})
 
@@ -57,10 +58,12 @@ def check_runs(directories: list[str | Path]) -> list[Path]:
 
 
 def load_run(directory: Path) -> RunResult:
+    """A finished run from its files; its whole-run minutes recounted from its stages (a report written by an
+    older frugal-r1 after a --resume counted only the resumed process)."""
     try:
         plan = json.loads((directory / "speedrun.json").read_text())
         report = json.loads((directory / "report.json").read_text())
-        return RunResult.of(directory.name, plan, report)
+        return RunResult.of(directory.name, plan, report, sum(stage_seconds(directory).values()) / 60)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"--compare {directory}: cannot read its results ({error!r})") from None
 

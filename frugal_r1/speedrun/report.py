@@ -126,7 +126,8 @@ def _compare(out: Path, summary: dict[str, Any], compared: list[Path]) -> None:
     from frugal_r1.speedrun.compare import RunResult, load_run, plot, table
 
     plan = json.loads((out / "speedrun.json").read_text())
-    runs = [RunResult.of(f"{out.name} (this run)", plan, summary)] + [load_run(Path(d)) for d in compared]
+    runs = [RunResult.of(f"{out.name} (this run)", plan, summary, summary["wall_minutes"])]
+    runs += [load_run(Path(d)) for d in compared]
     summary["compared"] = table(runs)
     plot(runs, out / "accuracy_vs_minutes_runs.png")
     summary["plots"]["accuracy vs minutes, runs compared"] = "accuracy_vs_minutes_runs.png"

@@ -33,6 +33,7 @@ from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
 from frugal_r1.recipe import StageConfig, load_stage
 from frugal_r1.speedrun.compare import check_runs
+from frugal_r1.speedrun.timings import TIMINGS, stage_seconds
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "speedrun.toml"
 BUDGET_MINUTES = 30.0
@@ -107,7 +108,7 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
-    timings_path = out / "timings.json"  # each stage's measured seconds, kept across --resume
+    timings_path = out / TIMINGS  # each stage's measured seconds, kept across --resume
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
 
     def record(name: str, seconds: float) -> None:
@@ -140,21 +141,6 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     summary = write_report(out, configs, settings, eval_sft, eval_grpo, seconds, sum(seconds.values()), compared)
     print(f"[speedrun] done in {summary['wall_minutes']:.1f} min: report {out / 'report.md'}")
     return summary
-
-
-def stage_seconds(out: Path, timings: dict[str, float], evaluations: dict[str, dict]) -> dict[str, float]:
-    """Each stage's wall seconds, whichever process ran it: the time measured around the stage (setup such as
-    the tokenizer included). A training stage resumed after a kill measured only its last process, so it
-    counts at least its ledger's time (which resumes with the checkpoint); a stage finished by an older
-    frugal-r1, which kept no timings.json, counts its ledger's or its evaluation's own record."""
-    seconds = {}
-    for name in ("pretrain", "sft", "eval_sft", "grpo", "eval_grpo"):
-        if name in evaluations:
-            recorded = evaluations[name].get("wall_seconds", 0.0)
-        else:
-            recorded = json.loads((out / name / "ledger.json").read_text())["wall_seconds"]
-        seconds[name] = max(timings.get(name, 0.0), recorded)
-    return seconds
 
 
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig,
