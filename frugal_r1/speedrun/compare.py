@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from frugal_r1.errors import UserError
+from frugal_r1.recipe import STAGES
 from frugal_r1.speedrun.timings import stage_seconds
-
-STAGES = ("pretrain", "sft", "grpo")
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -71,7 +69,7 @@ def load_run(directory: Path) -> RunResult:
 def table(runs: list[RunResult]) -> list[str]:
     """Markdown lines: one row per run, by training minutes."""
     runs = sorted(runs, key=lambda r: r.training_minutes)
-    tasks = list(dict.fromkeys(name for run in runs for name in run.tasks_grpo))
+    tasks = _task_names(runs)
     lines = ["| run | seed | budget | training min | whole run min | mean after SFT | mean after GRPO | "
              + " | ".join(tasks) + " |", "|---" * (7 + len(tasks)) + "|"]
     for run in runs:
@@ -80,6 +78,10 @@ def table(runs: list[RunResult]) -> list[str]:
         lines.append(f"| {run.label} | {run.seed} | {budget} | {run.training_minutes:.1f} | {run.wall_minutes:.1f} | "
                      f"{100 * run.mean_sft:.1f}% | {100 * run.mean_grpo:.1f}% | " + " | ".join(cells) + " |")
     return lines
+
+
+def _task_names(runs: list[RunResult]) -> list[str]:
+    return list(dict.fromkeys(name for run in runs for name in run.tasks_grpo))
 
 
 def plot(runs: list[RunResult], path: Path) -> None:
@@ -97,8 +99,7 @@ def plot(runs: list[RunResult], path: Path) -> None:
                   label=f"{run.label} (after SFT → after GRPO)")
     left.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="mean pass@1", title="Mean over tasks")
     left.legend(fontsize=8)
-    tasks = list(dict.fromkeys(name for run in runs for name in run.tasks_grpo))
-    for i, task in enumerate(tasks):
+    for i, task in enumerate(_task_names(runs)):
         points = [(r.training_minutes, r.tasks_grpo[task]) for r in runs if task in r.tasks_grpo]
         right.plot(*zip(*points), "o-", color=f"C{i}", label=task)
     right.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="pass@1 after GRPO", title="Each task")

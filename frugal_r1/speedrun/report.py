@@ -20,10 +20,10 @@ from typing import Any
 
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.metrics import read_metrics
+from frugal_r1.recipe import STAGES
 
 FLOORS = {"chain_sum": 0.80, "leg_counting": 0.70, "basic_arithmetic": 0.60, "countdown": 0.20, "puzzle24": 0.20}
 AIMS = {"chain_sum": 0.95, "leg_counting": 0.90, "basic_arithmetic": 0.80, "countdown": 0.50, "puzzle24": 0.50}
-STAGES = ("pretrain", "sft", "grpo")
 
 
 def _tasks(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -90,7 +90,8 @@ def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any] | None:
 
 
 def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: dict, timings: dict[str, float],
-                 wall_seconds: float, compared: list[Path] = ()) -> dict[str, Any]:
+                 compared: list[Path] = ()) -> dict[str, Any]:
+    """`timings`: every stage's seconds (timings.py); the whole run is their sum."""
     ledgers = {name: json.loads((out / name / "ledger.json").read_text()) for name in STAGES}
     try:
         predicted = projection(out, configs)
@@ -103,7 +104,7 @@ def write_report(out: Path, configs: dict, settings, eval_sft: dict, eval_grpo: 
                      "meets_floor": grpo_tasks[name]["pass_at_1"] >= FLOORS[name]}
               for name in grpo_tasks if name in FLOORS}
     summary = {
-        "wall_minutes": wall_seconds / 60,
+        "wall_minutes": sum(timings.values()) / 60,
         "stage_minutes": {k: v / 60 for k, v in timings.items()},
         "usd": sum(l["usd"] for l in ledgers.values()),
         "kwh": sum(l["kwh"] for l in ledgers.values()),

@@ -33,7 +33,7 @@ from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
 from frugal_r1.recipe import StageConfig, load_stage
 from frugal_r1.speedrun.compare import check_runs
-from frugal_r1.speedrun.timings import TIMINGS, stage_seconds
+from frugal_r1.speedrun import timings
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "speedrun.toml"
 BUDGET_MINUTES = 30.0
@@ -108,13 +108,6 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
-    timings_path = out / TIMINGS  # each stage's measured seconds, kept across --resume
-    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-
-    def record(name: str, seconds: float) -> None:
-        timings[name] = seconds
-        atomic_write_bytes(timings_path, json.dumps(timings, indent=2).encode())
-
     def stage(name: str, fn) -> None:
         directory = out / name
         if _finished(directory):
@@ -122,14 +115,13 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
             return
         tick = time.perf_counter()
         fn(directory, resume and directory.exists() and any(directory.iterdir()))
-        record(name, time.perf_counter() - tick)
+        timings.record(out, name, time.perf_counter() - tick)  # kept in timings.json across --resume
 
     stage("pretrain", lambda d, r: run_lm_stage("pretrain", configs["pretrain"], d, resume=r))
     stage("sft", lambda d, r: run_lm_stage("sft", configs["sft"], d, resume=r, init=str(out / "pretrain" / "final")))
-    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings, record, "eval_sft")
+    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings)
     stage("grpo", lambda d, r: run_grpo(configs["grpo"], d, init=str(out / "sft" / "final"), resume=r))
-    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings, record,
-                               "eval_grpo")
+    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings)
 
     final = out / "final"
     if final.exists():
@@ -137,14 +129,13 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     shutil.copytree(out / "grpo" / "final", final)
     from frugal_r1.speedrun.report import write_report
 
-    seconds = stage_seconds(out, timings, {"eval_sft": eval_sft, "eval_grpo": eval_grpo})
-    summary = write_report(out, configs, settings, eval_sft, eval_grpo, seconds, sum(seconds.values()), compared)
+    seconds = timings.stage_seconds(out, {"eval_sft": eval_sft, "eval_grpo": eval_grpo})
+    summary = write_report(out, configs, settings, eval_sft, eval_grpo, seconds, compared)
     print(f"[speedrun] done in {summary['wall_minutes']:.1f} min: report {out / 'report.md'}")
     return summary
 
 
-def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig,
-                   record, name: str) -> dict[str, Any]:
+def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     from frugal_r1.eval import evaluate
@@ -161,5 +152,5 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
     result = report.to_dict()
     result["wall_seconds"] = time.perf_counter() - tick
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
-    record(name, result["wall_seconds"])
+    timings.record(path.parent, path.stem, result["wall_seconds"])
     return result
