@@ -90,13 +90,19 @@ def test_toy_speedrun_end_to_end(tmp_path):
     assert missing.returncode == 2 and "not a finished speedrun" in missing.stderr and "Traceback" not in missing.stderr
     # A finished run resumed only rewrites its report, here with itself as the run to compare against; the stage
     # times are the first process's, not the resume's.
-    resumed = speedrun("--config", str(recipe), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu",
+    # ... and from a copy of the recipe elsewhere (another checkout): the settings decide, not the path.
+    copy = tmp_path / "elsewhere" / "toy.toml"
+    copy.parent.mkdir()
+    copy.write_text(TOY)
+    resumed = speedrun("--config", str(copy), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu",
                        "--compare", str(out))
     assert resumed.returncode == 0 and "already finished" in resumed.stdout
     again = json.loads((out / "report.json").read_text())
     assert again["stage_minutes"] == pytest.approx(report["stage_minutes"])
     assert "## What more time buys" in (out / "report.md").read_text()
     assert (out / "accuracy_vs_minutes_runs.png").stat().st_size > 1000
+    changed = speedrun("--config", str(copy), "--out", str(out), "--resume", "--set", "pretrain:train.lr=0.002")
+    assert changed.returncode == 2 and "other settings" in changed.stderr
 
 
 def test_minutes_scale_every_stage():

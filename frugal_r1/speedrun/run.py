@@ -104,7 +104,7 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     plan = {"seed": seed, "minutes": minutes, "recipe": str(recipe), "overrides": list(overrides),
             "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
     plan_path = out / "speedrun.json"
-    if resume and plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+    if resume and plan_path.exists() and not _same_settings(json.loads(plan_path.read_text()), plan):
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
@@ -133,6 +133,12 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     summary = write_report(out, configs, settings, eval_sft, eval_grpo, seconds, compared)
     print(f"[speedrun] done in {summary['wall_minutes']:.1f} min: report {out / 'report.md'}")
     return summary
+
+
+def _same_settings(recorded: dict[str, Any], plan: dict[str, Any]) -> bool:
+    """Whether a run may continue under `plan`: every resolved setting equal. The recipe's path is recorded, not
+    compared, so a run continues from another checkout of the same recipe."""
+    return {k: v for k, v in recorded.items() if k != "recipe"} == {k: v for k, v in plan.items() if k != "recipe"}
 
 
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig) -> dict[str, Any]:
