@@ -304,7 +304,8 @@ def test_filters_match_their_definitions():
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
-    for temperature, top_k, top_p in ((1.0, 0, 0.8), (0.7, 10, 1.0), (1.3, 20, 0.5), (1.0, 0, 1e-6)):
+    logits[:2, 7] += 12  # rows whose top token alone makes the nucleus, beside rows that need the sorted mass
+    for temperature, top_k, top_p in ((1.0, 0, 0.8), (0.7, 10, 1.0), (1.3, 20, 0.5), (1.0, 0, 1e-6), (0.6, 0, 0.95)):
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
         probs = (logits / temperature).softmax(-1)
         if top_k:

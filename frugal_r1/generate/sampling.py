@@ -79,8 +79,22 @@ def _nucleus_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """[B, 1]: the smallest probability in each row's nucleus — the top tokens, by probability, taken
     until their mass reaches top_p (the first token always). Tokens tied with it are kept too.
 
-    Only values are sorted, never indices: numpy's value sort is ~30x faster than torch's CPU sort here.
+    A row whose top token alone reaches top_p has that token as its whole nucleus, so only the other rows
+    are sorted: a trained model is that sure of most of its tokens (at 400 rows x 1,024, sorting every row was
+    about a third of a sampling step).
     """
+    floor = probs.max(dim=-1, keepdim=True).values
+    open_rows = (floor[:, 0] < top_p).nonzero().flatten()
+    if len(open_rows) == len(probs):
+        return _sorted_floor(probs, top_p)
+    if len(open_rows):
+        floor[open_rows] = _sorted_floor(probs[open_rows], top_p)
+    return floor
+
+
+def _sorted_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """`_nucleus_floor` by sorting each row. Only values are sorted, never indices: numpy's value sort is ~30x
+    faster than torch's CPU sort here."""
     if probs.device.type == "cpu":
         ascending = torch.from_numpy(np.sort(probs.numpy(), axis=-1))
     else:
