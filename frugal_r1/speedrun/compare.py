@@ -99,15 +99,33 @@ def plot(runs: list[RunResult], path: Path) -> None:
                   label=f"{run.label} (after SFT → after GRPO)")
     left.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="mean pass@1", title="Mean over tasks")
     left.legend(fontsize=8)
+    # Runs of one budget (seeds) are averaged, so the line shows what time buys and the dots how far seeds spread.
     for i, task in enumerate(_task_names(runs)):
-        points = [(r.training_minutes, r.tasks_grpo[task]) for r in runs if task in r.tasks_grpo]
-        right.plot(*zip(*points), "o-", color=f"C{i}", label=task)
-    right.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="pass@1 after GRPO", title="Each task")
+        groups = [[r for r in group if task in r.tasks_grpo] for group in _by_budget(runs)]
+        groups = [group for group in groups if group]
+        right.plot([_mean([r.training_minutes for r in g]) for g in groups],
+                   [_mean([r.tasks_grpo[task] for r in g]) for g in groups], "o-", color=f"C{i}", label=task)
+        right.plot([r.training_minutes for g in groups for r in g], [r.tasks_grpo[task] for g in groups for r in g],
+                   ".", color=f"C{i}", alpha=0.5)
+    right.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="pass@1 after GRPO",
+              title="Each task (line: mean over the runs of a budget; dots: runs)")
     right.legend(fontsize=8)
     fig.suptitle("Accuracy vs minutes: what more time buys")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _by_budget(runs: list[RunResult]) -> list[list[RunResult]]:
+    """Runs grouped by their --minutes budget (a run without one stands alone), in order of training time."""
+    groups: dict[Any, list[RunResult]] = {}
+    for run in sorted(runs, key=lambda r: r.training_minutes):
+        groups.setdefault(run.budget_minutes if run.budget_minutes is not None else id(run), []).append(run)
+    return list(groups.values())
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 __all__ = ["RunResult", "check_runs", "load_run", "table", "plot"]
