@@ -14,6 +14,7 @@ sees what differs.
 from __future__ import annotations
 
 import json
+from statistics import fmean
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from frugal_r1.errors import UserError
 from frugal_r1.recipe import STAGES
 from frugal_r1.speedrun.timings import stage_seconds
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -103,8 +105,8 @@ def plot(runs: list[RunResult], path: Path) -> None:
     for i, task in enumerate(_task_names(runs)):
         groups = [[r for r in group if task in r.tasks_grpo] for group in _by_budget(runs)]
         groups = [group for group in groups if group]
-        right.plot([_mean([r.training_minutes for r in g]) for g in groups],
-                   [_mean([r.tasks_grpo[task] for r in g]) for g in groups], "o-", color=f"C{i}", label=task)
+        right.plot([fmean(r.training_minutes for r in g) for g in groups],
+                   [fmean(r.tasks_grpo[task] for r in g) for g in groups], "o-", color=f"C{i}", label=task)
         right.plot([r.training_minutes for g in groups for r in g], [r.tasks_grpo[task] for g in groups for r in g],
                    ".", color=f"C{i}", alpha=0.5)
     right.set(xlabel="training minutes (pretrain + SFT + GRPO)", ylabel="pass@1 after GRPO",
@@ -122,10 +124,6 @@ def _by_budget(runs: list[RunResult]) -> list[list[RunResult]]:
     for run in sorted(runs, key=lambda r: r.training_minutes):
         groups.setdefault(run.budget_minutes if run.budget_minutes is not None else id(run), []).append(run)
     return list(groups.values())
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 __all__ = ["RunResult", "check_runs", "load_run", "table", "plot"]
