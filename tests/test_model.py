@@ -227,6 +227,37 @@ def test_moe_grouped_matmul_equals_definition():
         assert (moe(x) - reference_moe(moe, x)).abs().max().item() < 1e-5
 
 
+def test_bucketed_slots_by_hand():
+    from frugal_r1.model.moe import _bucketed_slots
+
+    slots, padded = _bucketed_slots(torch.tensor([3, 0, 5]), 4)
+    assert padded.tolist() == [4, 0, 8]
+    assert slots.tolist() == [0, 1, 2, 4, 5, 6, 7, 8]  # expert 2's rows start at its padded offset, 4
+
+
+def test_bf16_experts_padded_to_buckets_match_unpadded(monkeypatch):
+    """On the CPU in bf16 each expert's rows are padded to CPU_BUCKET_ROWS (oneDNN reuses its kernels); the
+    padding rows must change neither the output nor any gradient."""
+    import frugal_r1.model.moe as moe_module
+
+    cfg = small_config(**CONFIGS["q-lora-yarn-groups"])
+    moe = random_model(cfg).moe_layers()[0]
+    x = torch.randn(3, 11, cfg.hidden_size)
+    results = []
+    for bucket in (1, 16):
+        monkeypatch.setattr(moe_module, "CPU_BUCKET_ROWS", bucket)
+        moe.zero_grad()
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = moe(xi)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.float(), xi.grad, moe.experts.gate_up_proj.grad.clone(), moe.experts.down_proj.grad.clone()))
+    for unpadded, padded in zip(*results):
+        assert torch.allclose(unpadded, padded, rtol=1e-2, atol=1e-3)
+    with torch.no_grad():
+        assert (results[1][0] - reference_moe(moe, x)).abs().max().item() < 0.05
+
+
 def test_group_limited_routing_only_picks_from_kept_groups():
     cfg = small_config(n_routed_experts=8, n_group=4, topk_group=1, num_experts_per_tok=2)
     gate = random_model(cfg).moe_layers()[0].gate

@@ -26,6 +26,10 @@ from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.mlp import MLP
 
 
+# Rows per expert are padded to a multiple of this for reduced-precision matmuls on the CPU (_bucketed_slots).
+CPU_BUCKET_ROWS = 32
+
+
 class Gate(nn.Module):
     """Sigmoid router with group-limited top-k; computed in float32, outside autocast."""
 
@@ -71,9 +75,16 @@ class RoutedExperts(nn.Module):
         token = order // top_k
         counts = torch.bincount(flat, minlength=num_experts)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        hidden = _grouped_matmul(x[token].to(dtype), self.gate_up_proj.to(dtype).transpose(1, 2), counts)
+        rows = x[token].to(dtype)
+        slots = None
+        if x.device.type == "cpu" and dtype != torch.float32:
+            slots, counts = _bucketed_slots(counts, CPU_BUCKET_ROWS)
+            rows = rows.new_zeros(int(counts.sum()), rows.shape[1]).index_copy(0, slots, rows)
+        hidden = _grouped_matmul(rows, self.gate_up_proj.to(dtype).transpose(1, 2), counts)
         gate, up = hidden.chunk(2, dim=-1)
         out = _grouped_matmul(F.silu(gate) * up, self.down_proj.to(dtype).transpose(1, 2), counts)
+        if slots is not None:
+            out = out[slots]
         out = out * weights.reshape(-1)[order, None].to(out.dtype)
         return torch.zeros_like(x, dtype=out.dtype).index_add_(0, token, out)
 
@@ -132,6 +143,16 @@ class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous()
+
+
+def _bucketed_slots(counts: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert's rows padded to a multiple of `bucket`: (the padded position of each row, sorted by
+    expert, [N]; the padded counts [E]). A bf16 matmul on the CPU runs through oneDNN, which builds (JIT-compiles)
+    a kernel for every new shape — about 1 ms, 20-30x the matmul itself at these sizes — and expert loads
+    change every step; padded, the shapes repeat and the kernels come from oneDNN's cache."""
+    padded = (counts + bucket - 1) // bucket * bucket
+    shift = (padded.cumsum(0) - padded) - (counts.cumsum(0) - counts)  # padded start - packed start, per expert
+    return torch.arange(int(counts.sum()), device=counts.device) + shift.repeat_interleave(counts), padded
 
 
 def _grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
