@@ -146,10 +146,12 @@ def test_n_and_seed(server, backend):
     kwargs = dict(model=MODEL, messages=QUESTION, temperature=1.5, max_tokens=24, n=4)
     first = client.chat.completions.create(seed=7, **kwargs)
     again = client.chat.completions.create(seed=7, **kwargs)
-    other = client.chat.completions.create(seed=8, **kwargs)
     texts = lambda reply: [(c.message.reasoning_content, c.message.content) for c in reply.choices]  # noqa: E731
     assert [c.index for c in first.choices] == [0, 1, 2, 3]
-    assert texts(first) == texts(again) and texts(first) != texts(other)
+    assert texts(first) == texts(again)
+    # The tiny model is sure of its answer, and how sure depends on the machine's float kernels; a seed changes
+    # what is drawn, so among a few other seeds one must give different texts.
+    assert any(texts(client.chat.completions.create(seed=seed, **kwargs)) != texts(first) for seed in range(8, 16))
     # The same tokens as the engine gives this prompt alone.
     reference = backend.generate([render_chat(QUESTION, True)],
                                  SamplingParams(temperature=1.5, top_p=0.95, max_new_tokens=24, n=4, seed=7))
