@@ -2,13 +2,14 @@
 
 Both train the identical randomly initialised Qwen2 (saved once, loaded by each) on the same chain_sum
 prompts with the same settings: P prompts × G completions per step, max completion length L, T = 1,
-β = 0, μ = 1, token-level (DAPO) loss, the same accuracy reward, fp32 on CPU. Each side runs a few warm-up
+β = 0, μ = 1, token-level (DAPO) loss, the same accuracy reward, fp32 on CPU (`--bf16`: bf16 autocast for both
+sides; generation stays fp32 in ours). Each side runs a few warm-up
 steps and then the timed steps; the two are run alternately (ours, TRL, ours, TRL) so machine noise hits
 both, and the medians are compared. Completion lengths are printed too: a random model stops at its eos at
 random, so the two may generate different amounts — tokens per second is printed alongside.
 
     .venv/bin/pip install -e ".[bench]"   # TRL, the anchor; not a frugal-r1 dependency
-    .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4] [--threads 1]
+    .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4] [--threads 1] [--bf16]
 
 On a shared, busy CPU two OpenMP threads spin against other processes and both sides' step times collapse
 erratically (a tiny matmul measured 300× slower on two threads than on one); `--threads 1` then gives
@@ -50,7 +51,7 @@ def ours(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
     from frugal_r1.train.grpo_run import run_grpo
 
     cfg = load_stage("grpo", None, [
-        "data.tasks=['chain_sum']", f"train.steps={args.warmup + args.steps}", "train.lr=1e-5", "train.bf16=false",
+        "data.tasks=['chain_sum']", f"train.steps={args.warmup + args.steps}", "train.lr=1e-5", f"train.bf16={str(args.bf16).lower()}",
         "train.warmup_steps=0", "train.schedule='constant'", "train.eval_every=0", "train.save_every=0",
         f"rl.group_size={args.group}", f"rl.prompts_per_step={args.prompts}", f"rl.max_new_tokens={args.length}",
         "rl.epsilon_high=0.2", "rl.beta=0.0", "rl.aggregation='token'", "rl.eval_n=1", "rl.eval_samples=1",
@@ -93,7 +94,7 @@ def trl(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
                 lengths.append(logs["completions/mean_length"])
 
     config = GRPOConfig(
-        output_dir=str(out), use_cpu=True, bf16=False, per_device_train_batch_size=args.prompts * args.group,
+        output_dir=str(out), use_cpu=True, bf16=args.bf16, per_device_train_batch_size=args.prompts * args.group,
         num_generations=args.group, max_completion_length=args.length, gradient_accumulation_steps=1,
         steps_per_generation=1, num_iterations=1, beta=0.0, epsilon=0.2, loss_type="dapo", temperature=1.0,
         learning_rate=1e-5, max_steps=args.warmup + args.steps, logging_steps=1, save_strategy="no", report_to="none",
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 master weights)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -128,7 +130,7 @@ def main() -> None:
                 results[name][0].extend(times)
                 results[name][1].append(length)
         print(f"\nGRPO step on CPU ({torch.get_num_threads()} threads): tiny Qwen2, {args.prompts} prompts × "
-              f"{args.group} completions, max {args.length} new tokens, fp32")
+              f"{args.group} completions, max {args.length} new tokens, {'bf16 autocast' if args.bf16 else 'fp32'}")
         medians = {}
         for name, (times, lengths) in results.items():
             medians[name] = statistics.median(times)
