@@ -51,8 +51,8 @@ def ours(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
     from frugal_r1.train.grpo_run import run_grpo
 
     cfg = load_stage("grpo", None, [
-        "data.tasks=['chain_sum']", f"train.steps={args.warmup + args.steps}", "train.lr=1e-5", f"train.bf16={str(args.bf16).lower()}",
-        "train.warmup_steps=0", "train.schedule='constant'", "train.eval_every=0", "train.save_every=0",
+        "data.tasks=['chain_sum']", f"train.steps={args.warmup + args.steps}", "train.lr=1e-5",
+        f"train.bf16={str(args.bf16).lower()}", "train.warmup_steps=0", "train.schedule='constant'", "train.eval_every=0", "train.save_every=0",
         f"rl.group_size={args.group}", f"rl.prompts_per_step={args.prompts}", f"rl.max_new_tokens={args.length}",
         "rl.epsilon_high=0.2", "rl.beta=0.0", "rl.aggregation='token'", "rl.eval_n=1", "rl.eval_samples=1",
         "rl.samples_every=0", "rl.rewards={ accuracy = 1.0 }", "ledger.hardware='cpu'"])

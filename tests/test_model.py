@@ -238,14 +238,14 @@ def test_bucketed_slots_by_hand():
 def test_bf16_experts_padded_to_buckets_match_unpadded(monkeypatch):
     """On the CPU in bf16 each expert's rows are padded to CPU_BUCKET_ROWS (oneDNN reuses its kernels); the
     padding rows must change neither the output nor any gradient."""
-    import frugal_r1.model.moe as moe_module
+    from frugal_r1.model import cpu_kernels
 
     cfg = small_config(**CONFIGS["q-lora-yarn-groups"])
     moe = random_model(cfg).moe_layers()[0]
     x = torch.randn(3, 11, cfg.hidden_size)
     results = []
     for bucket in (1, 16):
-        monkeypatch.setattr(moe_module, "CPU_BUCKET_ROWS", bucket)
+        monkeypatch.setattr(cpu_kernels, "CPU_BUCKET_ROWS", bucket)
         moe.zero_grad()
         xi = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frugal_r1.model import cpu_kernels
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.documents import DocumentSpans
@@ -84,10 +85,7 @@ class MLA(nn.Module):
         if pad > 0:  # equal head dims let SDPA use its fused (flash) CPU kernel: 2-3× faster than the math path
             v = F.pad(v, (0, pad))
         dtype = q.dtype
-        if q.device.type == "cpu" and dtype != torch.float32:
-            # On the CPU, SDPA's bf16 kernels build (JIT) a kernel for every new sequence length — each packed
-            # document's, in pretraining — and even when cached run slower than its fp32 ones at these head
-            # sizes (per-document fwd+bwd 2.5 vs 1.3 ms); the attention itself is computed in fp32 there.
+        if cpu_kernels.reduced_precision_on_cpu(q.device, dtype):  # each packed document's length is a new shape
             q, k, v = q.float(), k.float(), v.float()
         with torch.autocast(q.device.type, enabled=False):
             if isinstance(mask, DocumentSpans):

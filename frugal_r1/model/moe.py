@@ -22,12 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frugal_r1.model import cpu_kernels
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.mlp import MLP
-
-
-# Rows per expert are padded to a multiple of this for reduced-precision matmuls on the CPU (_bucketed_slots).
-CPU_BUCKET_ROWS = 32
 
 
 class Gate(nn.Module):
@@ -77,8 +74,8 @@ class RoutedExperts(nn.Module):
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         rows = x[token].to(dtype)
         slots = None
-        if x.device.type == "cpu" and dtype != torch.float32:
-            slots, counts = _bucketed_slots(counts, CPU_BUCKET_ROWS)
+        if cpu_kernels.reduced_precision_on_cpu(x.device, dtype):
+            slots, counts = _bucketed_slots(counts, cpu_kernels.CPU_BUCKET_ROWS)
             rows = rows.new_zeros(int(counts.sum()), rows.shape[1]).index_copy(0, slots, rows)
         hidden = _grouped_matmul(rows, self.gate_up_proj.to(dtype).transpose(1, 2), counts)
         gate, up = hidden.chunk(2, dim=-1)
@@ -147,9 +144,8 @@ class _ContiguousGrad(torch.autograd.Function):
 
 def _bucketed_slots(counts: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each expert's rows padded to a multiple of `bucket`: (the padded position of each row, sorted by
-    expert, [N]; the padded counts [E]). A bf16 matmul on the CPU runs through oneDNN, which builds (JIT-compiles)
-    a kernel for every new shape — about 1 ms, 20-30x the matmul itself at these sizes — and expert loads
-    change every step; padded, the shapes repeat and the kernels come from oneDNN's cache."""
+    expert, [N]; the padded counts [E]). Expert loads change every step; padded, the matmul shapes repeat
+    and oneDNN takes its kernels from its cache (cpu_kernels.py)."""
     padded = (counts + bucket - 1) // bucket * bucket
     shift = (padded.cumsum(0) - padded) - (counts.cumsum(0) - counts)  # padded start - packed start, per expert
     return torch.arange(int(counts.sum()), device=counts.device) + shift.repeat_interleave(counts), padded
