@@ -39,12 +39,17 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: torch.nn.Module, state: dict[str, Any],
@@ -86,6 +91,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into `model` (strict) and return the saved state; RNG states are restored too."""
     path = Path(path)
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=True)
-    state = torch.load(path / "state.pt", weights_only=True)
+    # On the CPU first: the optimizer's load_state_dict moves its state to each parameter's device, so a run
+    # checkpointed on one device continues on another.
+    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
     set_rng_state(state["rng"])
     return state

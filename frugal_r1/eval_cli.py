@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="which stage of the recipe to read (default sft)")
     parser.add_argument("--batch-size", type=int, default=16, help="problems per generate call")
     parser.add_argument("--backend", default="auto", choices=["auto", "frugal", "hf"])
+    parser.add_argument("--device", default="auto", help="auto (the GPU when torch sees one), cpu, cuda or cuda:N")
     parser.add_argument("--examples", type=int, default=0, metavar="N", help="print N example completions per task")
     parser.add_argument("--json", metavar="OUT", help="write the full report (per problem too) as JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task_config = parse_task_config(args.task_config, recipe_config)
-    backend = load_backend(args.model, backend=args.backend)
+    backend = load_backend(args.model, backend=args.backend, device=args.device)
     report = evaluate(backend, tasks, n=args.n, samples=args.samples, temperature=args.temperature,
                       top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed,
                       prompt_format=args.prompt_format, task_seed=args.seed, task_config=task_config,

@@ -24,13 +24,14 @@ from frugal_r1.cost.hardware import Hardware, get_hardware
 
 
 def resolve_hardware(name: str = "auto", price_per_hour: float | None = None, power_watts: float | None = None,
-                     measure_seconds: float = 1.0) -> Hardware:
-    """A profile by name; "auto" is the visible GPU's profile when CUDA runs, else this CPU measured."""
+                     measure_seconds: float = 1.0, device_type: str | None = None) -> Hardware:
+    """A profile by name; "auto" is the visible GPU's profile when the run computes there (device_type "cuda",
+    or None and CUDA available), else this CPU measured."""
     if name == "auto":
         import torch
 
         name = "cpu"
-        if torch.cuda.is_available():
+        if device_type in (None, "cuda") and torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0).upper()
             for candidate in ("H800", "H200", "H100", "A100"):
                 if candidate in gpu:

@@ -70,6 +70,7 @@ class TrainConfig:
     nan_action: str = "auto"  # skip (up to max_bad_steps) | rollback (to the last checkpoint, stop) | auto:
     # skip for pretrain/SFT, rollback for GRPO
     threads: int = 0  # torch threads (0: torch's default)
+    device: str = "auto"  # auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N; see device.py
 
 
 @dataclass

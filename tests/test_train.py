@@ -218,6 +218,8 @@ def test_task_flag_drops_the_recipes_settings_for_tasks_it_leaves_out():
     (["pretrain", "--out", "{tmp}/a", "--task", "jsonl:{tmp}/empty.jsonl"], "empty"),
     (["pretrain", "--out", "{tmp}/a", "--task", "chain_sun"], "chain_sum"),
     (["pretrain", "--out", "{tmp}/a", "--config", "{tmp}/nope.toml"], "recipe {tmp}/nope.toml not found"),
+    (["pretrain", "--out", "{tmp}/a", "--set", "train.device='cuda:99'"], "train.device = 'cuda:99'"),
+    (["pretrain", "--out", "{tmp}/a", "--set", "train.device='tpu'"], "train.device must be"),
     (["pretrain", "--out", "{tmp}/a", "--preset", "tiny", "--set", "data.seq_len=4096",
       "--task", "jsonl:{tmp}/one.jsonl", "--set", "data.tokenizer_documents=5"], "exceeds the model's max_position_embeddings"),
 ])

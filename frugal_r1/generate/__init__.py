@@ -29,20 +29,27 @@ from frugal_r1.generate.engine import Engine
 from frugal_r1.generate.hf_backend import HFBackend
 
 
-def load_backend(path: str | Path, *, backend: str = "auto", **kwargs: Any) -> Backend:
+def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Backend:
     """A backend for the model directory: "frugal" (our DeepSeek-V3), "hf" (transformers) or "auto"
-    (ours for model_type deepseek_v3, transformers otherwise). kwargs go to the backend's from_pretrained."""
+    (ours for model_type deepseek_v3, transformers otherwise), its model on `device` (a `train.device` setting:
+    auto, cpu, cuda, cuda:N). kwargs go to the backend's from_pretrained."""
+    from frugal_r1.device import resolve_device
+
     path = Path(path)
     config = path / "config.json"
     if not config.is_file():
         raise UserError(f"{path} is not a model directory (no config.json)")
+    where = resolve_device(device)
     if backend == "auto":
         backend = "frugal" if json.loads(config.read_text()).get("model_type") == "deepseek_v3" else "hf"
     if backend == "frugal":
-        return Engine.from_pretrained(path, **kwargs)
-    if backend == "hf":
-        return HFBackend.from_pretrained(path, **kwargs)
-    raise UserError(f"backend must be 'auto', 'frugal' or 'hf', got {backend!r}")
+        loaded = Engine.from_pretrained(path, **kwargs)
+    elif backend == "hf":
+        loaded = HFBackend.from_pretrained(path, **kwargs)
+    else:
+        raise UserError(f"backend must be 'auto', 'frugal' or 'hf', got {backend!r}")
+    loaded.model.to(where)  # each generate call works on the device its model is on
+    return loaded
 
 
 def generate(model: Backend | Any, prompts: Sequence[Prompt], params: SamplingParams | None = None, *,

@@ -151,7 +151,7 @@ def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: Spee
     tick = time.perf_counter()
     tasks = [load_task(t, size=settings.eval_n, seed=settings.eval_seed, **cfg.data.task_config.get(t, {}))
              for t in cfg.data.tasks]
-    report = evaluate(load_backend(model_dir), tasks, n=settings.eval_n, samples=settings.eval_samples,
+    report = evaluate(load_backend(model_dir, device=cfg.train.device), tasks, n=settings.eval_n, samples=settings.eval_samples,
                       temperature=0.6, top_p=0.95, max_new_tokens=settings.eval_max_new_tokens,
                       seed=settings.eval_seed, batch_size=settings.eval_batch_size, progress=True,
                       task_max_new_tokens=settings.eval_task_max_new_tokens)

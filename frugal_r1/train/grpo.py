@@ -30,6 +30,7 @@ import torch
 
 from frugal_r1 import dist
 from frugal_r1.chat import ANSWER_END
+from frugal_r1.device import module_device
 from frugal_r1.generate import SamplingParams
 from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import RLConfig
@@ -120,7 +121,7 @@ class GRPOStage:
         loss = loss_sum(token, batch.mask, self.rl.aggregation) / denominator
         with torch.no_grad():
             self._token_stats += torch.stack([token.kl.sum(), (entropy * batch.mask).sum(), token.clipped_low.sum(),
-                                              token.clipped_high.sum(), batch.mask.sum()]).float()
+                                              token.clipped_high.sum(), batch.mask.sum()]).float().cpu()
         return loss, {}
 
     def step_metrics(self, record: dict[str, Any]) -> dict[str, float]:
@@ -281,13 +282,21 @@ class GRPOStage:
             prompt_lengths = torch.tensor([len(c.prompt_ids) for _, c, _ in chunk])
             lengths = torch.tensor([len(s) for s in sequences])
             old = ref = None
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                if self.rl.updates > 1:
-                    old = self.policy.token_logprobs(self.policy.module, ids, False, prompt_lengths, lengths)[0].float()
-                if self.reference is not None:
-                    ref = self.policy.token_logprobs(self.reference, ids, False, prompt_lengths, lengths)[0].float()
+            if self.rl.updates > 1:
+                old = self._frozen_logprobs(self.policy.module, ids, prompt_lengths, lengths)
+            if self.reference is not None:
+                ref = self._frozen_logprobs(self.reference, ids, prompt_lengths, lengths)
             out.append(Rollout(ids, mask, adv, old, ref, prompt_lengths, lengths))
         return out
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model: torch.nn.Module, ids: torch.Tensor, prompt_lengths: torch.Tensor,
+                         lengths: torch.Tensor) -> torch.Tensor:
+        """π_old or π_ref of a micro-batch, in the training forward's precision; on the CPU, like the rest of a
+        rollout (the stage state is checkpointed)."""
+        device = module_device(model)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.policy.token_logprobs(model, ids.to(device), False, prompt_lengths, lengths)[0].float().cpu()
 
     def _write_samples(self, prompts: list[str], completions, rewards: list[float]) -> None:
         lines = [f"\n## rollout {self.rollout_index}\n"]

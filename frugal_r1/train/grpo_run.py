@@ -15,6 +15,7 @@ import torch
 
 from frugal_r1 import dist
 from frugal_r1.atomic import atomic_write_bytes
+from frugal_r1.device import resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.recipe import StageConfig
@@ -29,6 +30,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     info = dist.setup()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device, info.local_rank)
     if not init or not Path(init).is_dir():
         raise UserError(f"--init {init} is not a model directory" if init else "grpo needs --init MODEL_DIR")
     out_dir = prepare_out_dir(out, resume) if info.is_main else Path(out)
@@ -40,14 +42,16 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     seed = cfg.train.seed
     torch.manual_seed(seed)
     policy = Policy.load(init)
+    policy.module.to(device)
     reference = None
     if cfg.rl.beta > 0:
-        reference = Policy.load(init).module.eval().requires_grad_(False)
+        reference = Policy.load(init).module.eval().requires_grad_(False).to(device)
     tasks = open_tasks(cfg.data, seed)
     eval_tasks = open_tasks(cfg.data, seed + cfg.data.eval_seed_offset)
     stage = GRPOStage(policy, cfg.rl, cfg.train.grad_accum, tasks, eval_tasks, seed, out_dir, info, reference,
                       user_rewards, bf16=cfg.train.bf16, task_weights=cfg.data.task_weights)
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
+    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
+                                device_type=device.type)
     ledger = Ledger(hardware, precision="bf16" if stage.bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
         record = {"stage": "grpo", "init": init, "config": cfg.to_dict(), "policy": policy.kind,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from frugal_r1.data import Packer
+from frugal_r1.device import module_device, to_device
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.flops import training_flops_per_token
 
@@ -50,10 +51,12 @@ class LMStage:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         total, count = 0.0, 0
+        device = module_device(model)
         for batch in self.eval_batches:
             targets = self.count_targets(batch)
             if not targets:
                 continue
+            batch = to_device(batch, device)
             out = model(batch["input_ids"], batch["labels"], position_ids=batch["position_ids"],
                         doc_ids=batch["doc_ids"], loss_denominator=1.0)
             total += out.lm_loss.item()

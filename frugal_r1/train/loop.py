@@ -5,6 +5,7 @@ loop owns the rest:
 
 - AdamW (no weight decay on norms, biases and embeddings), warmup + cosine / WSD / constant schedule,
   gradient accumulation, gradient clipping, bf16 autocast with fp32 master weights;
+- batches made on the CPU are moved to the model's device (the CPU, or a GPU: device.py) for the loss;
 - the loss of a step is normalised by the target-token count of the whole step — over micro-batches
   and ranks — so accumulation and data parallelism give the same gradient as one big batch;
 - DeepSeekMoE's aux-loss-free gate-bias update after every optimizer step (loads summed over ranks);
@@ -28,6 +29,7 @@ import torch
 
 from frugal_r1 import dist
 from frugal_r1.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from frugal_r1.device import module_device, to_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger
 from frugal_r1.metrics import MetricsWriter
@@ -87,7 +89,8 @@ class Trainer:
                  info: dist.DistInfo | None = None, on_save=None, extra_state=None):
         self.model, self.stage, self.cfg, self.out_dir, self.ledger = model, stage, cfg, Path(out_dir), ledger
         self.info = info or dist.DistInfo()
-        self.device_type = next(model.parameters()).device.type
+        self.device = module_device(model)
+        self.device_type = self.device.type
         self.bf16 = use_bf16(cfg.bf16, self.device_type)
         self.wrapped = dist.wrap(model, self.info)
         self.optimizer = make_optimizer(model, cfg)
@@ -161,11 +164,11 @@ class Trainer:
         targets = torch.tensor(float(sum(self.stage.count_targets(b) for b in batches)))
         denominator = max(1.0, dist.all_reduce_sum(targets, self.info).item()) / self.info.world_size
         totals: dict[str, float] = {}
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or not self.info.enabled
             with _no_sync(model, sync), self._autocast():
-                loss, parts = self.stage.loss(model, batch, denominator)
+                loss, parts = self.stage.loss(model, to_device(batch, self.device), denominator)
             loss.backward()
             loss_sum += loss.detach().float()
             for key, value in parts.items():

@@ -18,6 +18,7 @@ import torch
 from frugal_r1 import dist
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.data import Packer
+from frugal_r1.device import resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.model.transformer import DeepSeekV3
@@ -56,6 +57,7 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     info = dist.setup()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device, info.local_rank)
     out_dir = prepare_out_dir(out, resume) if info.is_main else Path(out)
     dist.barrier(info)
     if resume:
@@ -88,12 +90,14 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
             sft_pairs(eval_tasks, cfg.data.task_weights, eval_seed)
         source = lambda i: encode_sft_example(tokenizer, *pairs(i))  # noqa: E731
         eval_source = lambda i: encode_sft_example(tokenizer, *eval_pairs(i))  # noqa: E731
+    model.to(device)  # initialised on the CPU, so a seed gives the same weights on every device
     if cfg.data.seq_len > model_cfg.max_position_embeddings:
         raise UserError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings "
                         f"{model_cfg.max_position_embeddings}")
 
     # Measure this machine's peak before the prefetch thread starts competing for the cores.
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts)
+    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
+                                device_type=device.type)
     split = kind == "pretrain" and cfg.data.split_documents
     packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
                     drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id, rank=info.rank,
