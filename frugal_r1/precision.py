@@ -59,12 +59,20 @@ def _warn_emulated() -> None:
 
 
 @functools.cache
-def _cpu_native_bf16() -> bool:
+def cpu_class() -> str:
+    """This CPU by how it multiplies bf16: "amx" (AMX tiles), "native_bf16" (AVX512-BF16, or another
+    architecture whose measured bf16 peak beats fp32) or "emulated_bf16" (x86 with neither: AVX2)."""
     if platform.machine().lower() in ("x86_64", "amd64") and hasattr(torch.cpu, "_is_avx512_bf16_supported"):
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        if torch.cpu._is_amx_tile_supported():
+            return "amx"
+        return "native_bf16" if torch.cpu._is_avx512_bf16_supported() else "emulated_bf16"
     from frugal_r1.cost.hardware import measure_cpu_peak
 
-    return planned_precision("auto", measure_cpu_peak().flops) == "bf16"
+    return "native_bf16" if planned_precision("auto", measure_cpu_peak().flops) == "bf16" else "emulated_bf16"
 
 
-__all__ = ["SETTINGS", "native_bf16", "use_bf16", "module_uses_bf16", "planned_precision"]
+def _cpu_native_bf16() -> bool:
+    return cpu_class() != "emulated_bf16"
+
+
+__all__ = ["SETTINGS", "cpu_class", "native_bf16", "use_bf16", "module_uses_bf16", "planned_precision"]

@@ -265,3 +265,16 @@ def test_cli_prices_the_speedrun_recipe(capsys):
     rollouts = grpo.train.steps * rl.prompts_per_step * rl.group_size
     evaluations = rl.eval_n * rl.eval_samples * len(grpo.data.tasks)
     assert data["stages"][2]["generated_tokens"] == (rollouts + evaluations) * rl.max_new_tokens
+
+
+@pytest.mark.parametrize("cpu_class", ["amx", "native_bf16", "emulated_bf16"])
+def test_the_cpu_profile_takes_its_class_calibration(monkeypatch, cpu_class):
+    from frugal_r1 import precision
+    from frugal_r1.cost.hardware import CPU_CALIBRATION, cpu_profile
+
+    monkeypatch.setattr(precision, "cpu_class", lambda: cpu_class)
+    cpu = cpu_profile(seconds=0.2)
+    calibration = CPU_CALIBRATION[cpu_class]
+    assert cpu.training_mfu("fp32") == calibration.training["fp32"]
+    assert cpu.training_mfu("bf16") == calibration.training["bf16"]
+    assert cpu.generation_mfu == calibration.generation and cpu.generation_precision == "fp32"

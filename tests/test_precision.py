@@ -25,29 +25,32 @@ def test_auto_follows_the_cpu_and_explicit_settings_win(monkeypatch):
         use_bf16("yes")
 
 
-def test_x86_flags_decide_without_timing(monkeypatch):
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, True, "amx"), (True, False, "native_bf16"),
+                                                       (False, False, "emulated_bf16")])
+def test_x86_flags_decide_without_timing(monkeypatch, avx512_bf16, amx, expected):
     import torch
 
-    precision._cpu_native_bf16.cache_clear()
+    precision.cpu_class.cache_clear()
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(hardware, "measure_cpu_peak", lambda *_: pytest.fail("timed on x86"))
     try:
-        assert native_bf16("cpu") is True
+        assert precision.cpu_class() == expected
+        assert native_bf16("cpu") is (expected != "emulated_bf16")
     finally:
-        precision._cpu_native_bf16.cache_clear()
+        precision.cpu_class.cache_clear()
 
 
 def test_other_cpus_time_both_precisions(monkeypatch):
-    precision._cpu_native_bf16.cache_clear()
+    precision.cpu_class.cache_clear()
     monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
     peak = SimpleNamespace(flops={"fp32": 100e9, "bf16": 2e9})
     monkeypatch.setattr(hardware, "measure_cpu_peak", lambda *_: peak)
     try:
-        assert native_bf16("cpu") is False
+        assert precision.cpu_class() == "emulated_bf16" and native_bf16("cpu") is False
     finally:
-        precision._cpu_native_bf16.cache_clear()
+        precision.cpu_class.cache_clear()
 
 
 def test_planner_prices_auto_at_the_faster_precision():

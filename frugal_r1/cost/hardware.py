@@ -15,9 +15,10 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: 0.45 of the fp32 peak and 0.13 of the bf16 peak for training; for generation (the decoder runs fp32
-  on a CPU) 0.31 of the fp32 peak on a CPU with native bf16 and 0.10 on an AVX2-only one, calibrated from
-  the speedrun's ledgers on each (see CPU_MFU).
+- MFU: by CPU class (AMX; AVX512-BF16 without AMX; AVX2 only: `precision.cpu_class`), calibrated from the speedrun's ledgers on a
+  2-vCPU machine of each class, for training per precision and for generation (the decoder runs fp32 on a
+  CPU, so its figure is against the fp32 peak); see CPU_CALIBRATION. They describe the speedrun's small
+  model: a larger one reaches a larger fraction of the peak.
   Other tenants on the same cores can cut the real figure tenfold; a projection assumes the machine to
   itself.
 - A CPU without native bf16 (AVX2 only) emulates bf16 matmuls ~100x slower than fp32; the measurement
@@ -41,17 +42,34 @@ DEFAULT_MFU = 0.4
 DEFAULT_GENERATION_MFU = 0.1
 CPU_WATTS_PER_CORE = 4.0
 CPU_USD_PER_CORE_HOUR = 0.05
-# Calibrated from the ledgers of the 30-minute speedrun on this 2-vCPU machine class (2026-11-28): pretrain
-# and SFT of the `small` preset reached 12.8% of the measured bf16 peak; fp32 from
-# benchmarks/bench_train_step.py (47% of the fp32 peak), rounded down. Generation: GRPO's logged rollout
-# seconds against the planner's rollout FLOPs at the measured rollout shape, 3.8% and 3.7% of the bf16 peak
-# (932 GFLOP/s) in a 30- and a 15-minute speedrun; the decoder runs fp32 and is latency-bound, so the figure
-# is kept against the fp32 peak (111 GFLOP/s on that machine): 0.037 x 932 / 111 = 0.31. On a 2-core AVX2-only
-# EPYC (no native bf16) the same decoder reached 0.10 of the fp32 peak (the full speedrun's GRPO, 2026-11-29:
-# 8.7 min measured, training counted at 0.33 of the peak): small ops cost about three times as much there.
-# Keyed by whether the CPU has native bf16, which is what tells the two machine classes apart.
-CPU_MFU = {"fp32": 0.45, "bf16": 0.13}
-CPU_GENERATION_MFU = {True: 0.31, False: 0.10}
+
+
+@dataclass(frozen=True)
+class CpuCalibration:
+    training: dict[str, float]  # MFU by precision, against the measured peak of that precision
+    generation: float  # against the fp32 peak
+    source: str
+
+
+# By precision.cpu_class(): the planner's FLOPs for each stage of a finished speedrun, at the shapes the run
+# measured, over the stage's measured seconds and the peak its ledger measured
+# (benchmarks/cpu_mfu_from_speedruns.py RUN_DIR...).
+CPU_CALIBRATION = {
+    "amx": CpuCalibration(
+        {"fp32": 0.20, "bf16": 0.04}, 0.045,
+        "2-vCPU Xeon with AMX, speedrun of 2026-12-04 (width-128 model), three runs: pretraining in fp32 "
+        "0.198-0.201; SFT in bf16 0.042-0.049 and GRPO's training passes 0.025-0.029 (0.04 kept for both); "
+        "rollouts and evaluations 0.044-0.047 of the fp32 peak"),
+    "native_bf16": CpuCalibration(
+        {"fp32": 0.45, "bf16": 0.13}, 0.31,
+        "2-vCPU Zen 4 EPYC, 2026-11-28 (width-256 model): pretraining and SFT in bf16 12.8% of the bf16 peak; "
+        "fp32 from benchmarks/bench_train_step.py (47%); GRPO rollouts 3.8% of the bf16 peak (932 GFLOP/s), "
+        "kept against the fp32 peak (111 GFLOP/s): 0.31"),
+    "emulated_bf16": CpuCalibration(
+        {"fp32": 0.30, "bf16": 0.13}, 0.10,
+        "2-core AVX2-only EPYC, 2026-11-29 (width-128 model): pretraining in fp32 at 3,760 tokens/s, 0.29-0.30 "
+        "of the fp32 peak (105-111 GFLOP/s); GRPO rollouts 0.10 of it; bf16 is emulated there, never chosen"),
+}
 CPU_GENERATION_PRECISION = "fp32"
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
@@ -238,18 +256,19 @@ def _memory_bytes() -> int:
 
 def cpu_profile(seconds: float = 2.0) -> Hardware:
     """This machine as a `Hardware` profile (see the module docstring for the power and price figures)."""
-    from frugal_r1.precision import native_bf16
+    from frugal_r1.precision import cpu_class
 
     peak = measure_cpu_peak(seconds)
+    calibration = CPU_CALIBRATION[cpu_class()]
     return Hardware(
         name="cpu",
         peak_flops=dict(peak.flops),
         memory_bytes=_memory_bytes(),
         power_w=CPU_WATTS_PER_CORE * peak.threads,
         usd_per_hour=CPU_USD_PER_CORE_HOUR * peak.threads,
-        mfu=min(CPU_MFU.values()),
-        mfu_by_precision=dict(CPU_MFU),
-        generation_mfu=CPU_GENERATION_MFU[native_bf16("cpu")],
+        mfu=min(calibration.training.values()),
+        mfu_by_precision=dict(calibration.training),
+        generation_mfu=calibration.generation,
         generation_precision=CPU_GENERATION_PRECISION,
         source=f"measured: {peak.threads} threads of {peak.model_name}, best {_describe(peak)}",
         details={"cpu_model": peak.model_name, "threads": peak.threads},
