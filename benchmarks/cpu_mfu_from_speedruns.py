@@ -13,7 +13,6 @@ holds for each CPU class (`frugal_r1.precision.cpu_class()`: this machine is pri
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -27,11 +26,6 @@ from frugal_r1.speedrun.report import _rollout_shape
 from frugal_r1.speedrun.run import stage_configs
 
 
-def ledger_peaks(ledger: dict) -> dict[str, float]:
-    """The peaks the run measured, from the ledger's device line ("… fp32 373 GFLOP/s, bf16 2446 GFLOP/s …")."""
-    return {p: float(v) * 1e9 for p, v in re.findall(r"(fp32|bf16) (\d+) GFLOP/s", ledger["device"])}
-
-
 def run_mfus(run: Path) -> dict[str, float]:
     plan = json.loads((run / "speedrun.json").read_text())
     configs = stage_configs(Path(plan["recipe"]), plan["seed"], plan["minutes"], plan["overrides"])
@@ -39,7 +33,7 @@ def run_mfus(run: Path) -> dict[str, float]:
     out = {}
     for name in ("pretrain", "sft", "grpo"):
         ledger = json.loads((run / name / "ledger.json").read_text())
-        peaks = ledger_peaks(ledger)
+        peaks = ledger["hardware_profile"]["peak_flops"]
         unit = Hardware(name="cpu", peak_flops=peaks, memory_bytes=10**12, power_w=1.0, usd_per_hour=1.0, mfu=1.0,
                         generation_mfu=1.0, generation_precision="fp32")
         rollouts = _rollout_shape(run / name, configs[name].rl) if name == "grpo" else None

@@ -200,6 +200,17 @@ def build_stage(raw: dict[str, Any], section_types: dict[str, type] | None = Non
     return cfg
 
 
+def same_config(recorded: dict[str, Any] | None, cfg: StageConfig) -> bool:
+    """Whether a run recorded with `recorded` (a `to_dict()`) may continue under `cfg`: every setting equal, a
+    setting the record lacks (added by a later version of frugal-r1) counting as its default."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        return build_stage(recorded).to_dict() == cfg.to_dict()
+    except UserError:  # a setting this version no longer knows
+        return False
+
+
 def _update(obj: Any, values: dict[str, Any], section: str) -> Any:
     hints = get_type_hints(type(obj))
     known = {f.name for f in dataclasses.fields(obj)}

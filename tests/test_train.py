@@ -231,3 +231,19 @@ def test_user_mistakes_get_one_line_and_exit_2(args, message, tmp_path):
     assert "Traceback" not in result.stderr
     assert message.replace("{tmp}", str(tmp_path)) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "grpo"])
+def test_a_recorded_config_matches_when_it_only_lacks_settings_added_later(stage):
+    from frugal_r1.recipe import same_config
+
+    cfg = load_stage(stage, Path(__file__).parents[1] / "recipes" / "speedrun.toml")
+    recorded = json.loads(json.dumps(cfg.to_dict()))  # as run_config.json holds it
+    assert same_config(recorded, cfg)
+    del recorded["train"]["device"]  # a run started before train.device existed
+    assert same_config(recorded, cfg)
+    recorded["train"]["lr"] = cfg.train.lr * 2
+    assert not same_config(recorded, cfg)
+    recorded["train"]["lr"] = cfg.train.lr
+    recorded["train"]["retired_setting"] = 1  # a setting this version no longer knows
+    assert not same_config(recorded, cfg) and not same_config(None, cfg)

@@ -13,6 +13,7 @@ Reads each stage's ledger.json and metrics.jsonl and the two evaluations; writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -58,6 +59,9 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
 
     model_cfg = ModelConfig.from_hf_dict(json.loads((out / "pretrain" / "final" / "config.json").read_text()))
     hardware = resolve_hardware("cpu")
+    recorded = json.loads((out / "pretrain" / "ledger.json").read_text()).get("hardware_profile", {})
+    if recorded.get("peak_flops"):  # the peaks the run measured, not this moment's (a report rewritten later)
+        hardware = dataclasses.replace(hardware, peak_flops=recorded["peak_flops"])
     stages = [planner_stage(name, configs[name], hardware,
                             _rollout_shape(out / name, configs[name].rl) if name == "grpo" else None)
               for name in STAGES]

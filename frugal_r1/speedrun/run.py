@@ -31,7 +31,7 @@ from typing import Any
 
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
-from frugal_r1.recipe import StageConfig, load_stage
+from frugal_r1.recipe import StageConfig, load_stage, same_config
 from frugal_r1.speedrun.compare import check_runs
 from frugal_r1.speedrun import timings
 
@@ -104,7 +104,7 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     plan = {"seed": seed, "minutes": minutes, "recipe": str(recipe), "overrides": list(overrides),
             "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
     plan_path = out / "speedrun.json"
-    if resume and plan_path.exists() and not _same_settings(json.loads(plan_path.read_text()), plan):
+    if resume and plan_path.exists() and not _same_settings(json.loads(plan_path.read_text()), plan, configs):
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
 
@@ -135,10 +135,17 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     return summary
 
 
-def _same_settings(recorded: dict[str, Any], plan: dict[str, Any]) -> bool:
-    """Whether a run may continue under `plan`: every resolved setting equal. The recipe's path is recorded, not
-    compared, so a run continues from another checkout of the same recipe."""
-    return {k: v for k, v in recorded.items() if k != "recipe"} == {k: v for k, v in plan.items() if k != "recipe"}
+def _same_settings(recorded: dict[str, Any], plan: dict[str, Any], configs: dict[str, StageConfig]) -> bool:
+    """Whether a run may continue under `plan`: every resolved setting equal, a setting the record lacks (added
+    by a later version of frugal-r1) counting as its default. The recipe's path is recorded, not compared, so a
+    run continues from another checkout of the same recipe."""
+    stages = recorded.get("stages", {})
+    if set(stages) != set(configs) or not all(same_config(stages[name], cfg) for name, cfg in configs.items()):
+        return False
+    defaults = dataclasses.asdict(SpeedrunConfig())
+    recorded = {**recorded, "speedrun": {**defaults, **recorded.get("speedrun", {})}}
+    ignored = ("recipe", "stages")
+    return {k: v for k, v in recorded.items() if k not in ignored} == {k: v for k, v in plan.items() if k not in ignored}
 
 
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.device import resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
-from frugal_r1.recipe import StageConfig
+from frugal_r1.recipe import StageConfig, same_config
 from frugal_r1.train.corpus import open_tasks
 from frugal_r1.train.grpo import GRPOStage
 from frugal_r1.train.loop import RunStopped, Trainer
@@ -37,7 +37,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     dist.barrier(info)
     if resume:
         saved = json.loads((out_dir / "run_config.json").read_text())
-        if saved.get("config") != cfg.to_dict() or saved.get("init") != init:
+        if not same_config(saved.get("config"), cfg) or saved.get("init") != init:
             raise UserError(f"--resume: the config differs from the one {out_dir} was started with")
     seed = cfg.train.seed
     torch.manual_seed(seed)

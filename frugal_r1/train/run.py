@@ -23,7 +23,7 @@ from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.model.transformer import DeepSeekV3
 from frugal_r1.precision import module_uses_bf16
-from frugal_r1.recipe import StageConfig
+from frugal_r1.recipe import StageConfig, same_config
 from frugal_r1.tokenizer import (encode_pretrain_document, encode_sft_example, load_tokenizer, save_tokenizer,
                                  train_tokenizer)
 from frugal_r1.train.corpus import open_tasks, pretrain_documents, sft_pairs
@@ -62,7 +62,7 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     dist.barrier(info)
     if resume:
         saved = json.loads((out_dir / "run_config.json").read_text())
-        if saved.get("config") != cfg.to_dict() or saved.get("init") != init:
+        if not same_config(saved.get("config"), cfg) or saved.get("init") != init:
             raise UserError(f"--resume: the config differs from the one {out_dir} was started with "
                             f"(see {out_dir / 'run_config.json'})")
     if kind == "sft" and (init is None or not Path(init).is_dir()):
