@@ -30,15 +30,17 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup() -> DistInfo:
+def setup(device: str = "auto") -> DistInfo:
+    """The process group under torchrun (nothing otherwise): nccl where the ranks train on GPUs, else gloo.
+    `device` is the stage's train.device setting."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    gpus = torch.cuda.is_available() and str(device).strip().lower() != "cpu"
     if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend=backend)
+        torch_dist.init_process_group(backend="nccl" if gpus else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if gpus:
         torch.cuda.set_device(local)
     return DistInfo(rank=torch_dist.get_rank(), world_size=world, local_rank=local)
 
@@ -61,8 +63,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum `tensor` over ranks, in place. NCCL reduces GPU tensors only: a CPU tensor (the loop's counters)
+    makes the round trip through the rank's GPU."""
     if info.enabled:
-        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        if torch_dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.cuda()
+            torch_dist.all_reduce(on_gpu, op=torch_dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu)
+        else:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
 
 

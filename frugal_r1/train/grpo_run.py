@@ -27,7 +27,7 @@ from frugal_r1.train.run import StageResult, prepare_out_dir
 
 
 def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False, user_rewards=None) -> StageResult:
-    info = dist.setup()
+    info = dist.setup(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, info.local_rank)

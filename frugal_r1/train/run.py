@@ -54,7 +54,7 @@ def prepare_out_dir(out: str | Path, resume: bool) -> Path:
 def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = False,
                  init: str | None = None) -> StageResult:
     """kind is "pretrain" or "sft"."""
-    info = dist.setup()
+    info = dist.setup(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, info.local_rank)
