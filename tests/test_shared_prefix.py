@@ -116,3 +116,35 @@ def test_bf16_autocast_stays_close():
         got = shared_prefix_logprobs(model, ids, prompt_lengths, lengths)[0]
     assert got.dtype == torch.float32
     assert torch.allclose(got * span, reference(model, ids)[0].detach() * span, atol=0.1, rtol=0)
+
+
+def test_bf16_on_the_cpu_runs_repeating_row_counts_with_fp32_attention(monkeypatch):
+    """oneDNN builds a bf16 kernel per new shape (model/cpu_kernels.py): every projection sees a row count that
+    is a multiple of CPU_BUCKET_ROWS, attention runs in fp32, and log-probs and gradients stay close to fp32's."""
+    from frugal_r1.model import cpu_kernels
+
+    model = build("qwen2").train()
+    ids, prompt_lengths, lengths, span = batch()
+    weights = torch.randn(span.shape, generator=torch.Generator().manual_seed(3)) * span
+    expected = reference(model, ids)[0]
+    (expected * weights).sum().backward()
+    expected_grads = grads(model)
+
+    rows, attention_dtypes = [], []
+    linear, attention = torch.nn.functional.linear, torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, *a: rows.append(x.shape[0]) or linear(x, *a))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: attention_dtypes.append(q.dtype) or attention(q, *a, **k))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = shared_prefix_logprobs(model, ids, prompt_lengths, lengths)[0]
+    (got * weights).sum().backward()
+    got_grads = grads(model)
+
+    assert computed_tokens(ids, prompt_lengths, lengths) % cpu_kernels.CPU_BUCKET_ROWS != 0  # padding is exercised
+    assert rows and all(r % cpu_kernels.CPU_BUCKET_ROWS == 0 for r in rows), rows
+    assert attention_dtypes and set(attention_dtypes) == {torch.float32}
+    assert torch.all(got[span == 0] == 0)
+    assert torch.allclose(got * span, expected.detach() * span, atol=0.1, rtol=0)
+    for name, grad in expected_grads.items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (got_grads[name] - grad).abs().max() / scale < 0.1, name

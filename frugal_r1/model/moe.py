@@ -71,7 +71,7 @@ class RoutedExperts(nn.Module):
         order = flat.argsort(stable=True)
         token = order // top_k
         counts = torch.bincount(flat, minlength=num_experts)
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = cpu_kernels.compute_dtype(x.device, x.dtype)
         rows = x[token].to(dtype)
         slots = None
         if cpu_kernels.reduced_precision_on_cpu(x.device, dtype):

@@ -32,6 +32,7 @@ from frugal_r1 import dist
 from frugal_r1.chat import ANSWER_END
 from frugal_r1.device import module_device
 from frugal_r1.generate import SamplingParams
+from frugal_r1.model import cpu_kernels
 from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import RLConfig
 from frugal_r1.rewards.functions import BUILT_IN, RewardFn, combine, length_penalty
@@ -70,6 +71,7 @@ class GRPOStage:
         self.problem = problem_stream(tasks, task_weights or {}, f"{seed}:grpo")
         self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
         self.bf16 = module_uses_bf16(bf16, policy.module)
+        self._cpu_bf16 = self.bf16 and module_device(policy.module).type == "cpu"
         self.on_collapse = rl.on_collapse
         self.gate_bias_speed = rl.gate_bias_speed
         self.rewards: dict[str, RewardFn] = {}
@@ -271,6 +273,8 @@ class GRPOStage:
                 continue
             sequences = [c.prompt_ids + c.token_ids for _, c, _ in chunk]
             width = max(len(s) for s in sequences)
+            if self._cpu_bf16:  # a repeating shape for oneDNN's bf16 kernels (model/cpu_kernels.py)
+                width = cpu_kernels.bucketed(width)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros(len(chunk), width - 1)
             for i, (_, c, _) in enumerate(chunk):

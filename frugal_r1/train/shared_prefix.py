@@ -15,11 +15,14 @@ forward's (up to float rounding); only the positions asked for are computed. The
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from frugal_r1.generate.llama_family import head_logits, layers_of, rope_table, unsupported_reason
+from frugal_r1.model import cpu_kernels
 
 
 def can_run(model: nn.Module, length: int) -> bool:
@@ -64,24 +67,38 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     mask = torch.zeros(sees.shape, dtype=dtype, device=device).masked_fill_(~sees, float("-inf"))  # once, not per layer
     rows, spots = group.to(device), real.to(device)
     split = distinct * prompt_width
+    # bf16 on the CPU: per-token work on a row count that repeats (zero rows appended, their outputs unused)
+    # and attention in fp32 (cpu_kernels.py).
+    cpu_bf16 = cpu_kernels.reduced_precision_on_cpu(device, cpu_kernels.compute_dtype(device, dtype))
+    tokens = len(real)
+    extra = cpu_kernels.bucketed(tokens) - tokens if cpu_bf16 else 0
+    cos, sin = F.pad(cos, (0, 0, 0, 0, 0, extra)), F.pad(sin, (0, 0, 0, 0, 0, extra))
 
-    x = model.model.embed_tokens(grid_ids[real].to(device))  # [N real tokens, d]
+    x = F.pad(model.model.embed_tokens(grid_ids[real].to(device)), (0, 0, 0, extra))  # [N real tokens (+ extra), d]
     for layer in layers:
-        q, k, v = (t.new_zeros(grid, *t.shape[1:]).index_copy(0, spots, t) for t in layer.qkv(x, cos, sin))
-        qp, kp, vp = (t[:split].unflatten(0, (distinct, prompt_width)).transpose(1, 2) for t in (q, k, v))
-        qc, kc, vc = (t[split:].unflatten(0, (batch, completion_width)).transpose(1, 2) for t in (q, k, v))
-        out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=layer.scaling, enable_gqa=True)
-        out_c = F.scaled_dot_product_attention(qc, torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2),
-                                               attn_mask=mask, scale=layer.scaling, enable_gqa=True)
+        q, k, v = (t.new_zeros(grid, *t.shape[1:]).index_copy(0, spots, t[:tokens]) for t in layer.qkv(x, cos, sin))
+        if cpu_bf16:
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast(device.type, enabled=False) if cpu_bf16 else nullcontext():
+            qp, kp, vp = (t[:split].unflatten(0, (distinct, prompt_width)).transpose(1, 2) for t in (q, k, v))
+            qc, kc, vc = (t[split:].unflatten(0, (batch, completion_width)).transpose(1, 2) for t in (q, k, v))
+            out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=layer.scaling, enable_gqa=True)
+            out_c = F.scaled_dot_product_attention(qc, torch.cat([kp[rows], kc], dim=2),
+                                                   torch.cat([vp[rows], vc], dim=2), attn_mask=mask,
+                                                   scale=layer.scaling, enable_gqa=True)
         attended = torch.cat([out_p.transpose(1, 2).flatten(0, 1), out_c.transpose(1, 2).flatten(0, 1)])
-        x = layer.finish(x, attended[spots].flatten(1))
+        x = layer.finish(x, F.pad(attended[spots].flatten(1), (0, 0, 0, extra)))
 
     # Row b's completion token j is predicted by its prompt's last token (j = 0) or by its own token j - 1.
     row, j = in_completion.nonzero(as_tuple=True)
     predictor = torch.where(j == 0, group[row] * prompt_width + plen[row] - 1, split + row * completion_width + j - 1)
     packed = torch.full((grid,), -1, dtype=torch.long)
     packed[real] = torch.arange(len(real))
-    logp = torch.log_softmax(head_logits(model, x[packed[predictor].to(device)]).float(), dim=-1)  # [M, V]
+    predicting = packed[predictor]
+    if cpu_bf16:
+        predicting = F.pad(predicting, (0, cpu_kernels.bucketed(len(predicting)) - len(predicting)))
+    logits = head_logits(model, x[predicting.to(device)])[: len(predictor)]
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [M, V]
     index = (row.to(device), (columns[row, j] - 1).to(device))
     chosen = logp.gather(-1, input_ids[index[0], index[1] + 1][:, None]).squeeze(-1)
     logprobs = logprobs.index_put(index, chosen)
