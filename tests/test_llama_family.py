@@ -95,23 +95,20 @@ def test_prefill_and_decode_logits_equal_the_full_forward(kind):
         assert torch.allclose(mine, expected_logits(model, prompt, fed[r])[: len(mine)], atol=1e-4, rtol=0), (kind, r)
 
 
-def test_prompt_major_rows_take_the_reshape_path_with_the_same_logits():
-    """GRPO's layout: G rows per prompt, prompts in any order (here not sorted), stacked projections."""
+def test_grpo_layout_prefills_each_prompt_once_with_the_same_logits(monkeypatch):
+    """GRPO's layout: G rows per prompt, prompts in any order (here not sorted), stacked projections; each distinct
+    prompt runs through the layers once, and a row dropped mid-way leaves the others' logits unchanged."""
     model = build("qwen2")
     rows = [PROMPTS[3]] * 2 + [PROMPTS[1]] * 2 + [PROMPTS[0]] * 2
     fed = torch.randint(2, VOCAB, (len(rows), 5), generator=torch.Generator().manual_seed(2))
     stepper = LlamaFamilyStepper(model)
     assert all(layer.qkv_stack is not None for layer in stepper.layers)
+    prefilled = []
+    embed = model.model.embed_tokens.forward
+    monkeypatch.setattr(model.model.embed_tokens, "forward", lambda ids: prefilled.append(ids.shape) or embed(ids))
 
-    def is_prompt_major():
-        assert stepper.prompt_major
-
-    def is_not_prompt_major():
-        assert not stepper.prompt_major
-
-    # At step 2 one prompt loses a row: back to the scatter path.
-    got = decoded_logits(stepper, rows, fed, drop_at=2, kept_after=[0, 1, 2, 4, 5], after_prefill=is_prompt_major,
-                         after_drop=is_not_prompt_major)
+    got = decoded_logits(stepper, rows, fed, drop_at=2, kept_after=[0, 1, 2, 4, 5])
+    assert prefilled[0] == (3, max(len(p) for p in rows))  # three distinct prompts, not six rows
     for r, prompt in enumerate(rows):
         mine = torch.stack(got[r])
         assert torch.allclose(mine, expected_logits(model, prompt, fed[r])[: len(mine)], atol=1e-4, rtol=0), r
