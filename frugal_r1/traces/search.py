@@ -29,6 +29,13 @@ Design choices:
   tried. That path is written exactly like the search, and it is always correct. With the speedrun
   configs the search finds the answer itself in ~70% of countdown and ~40% of puzzle24 traces; ~65% and
   ~83% of traces show at least one failed attempt.
+  The solver path is an oracle the model cannot imitate, so a complete search with none was tried: every
+  step in `_children`'s fixed order until one hits (dead branches before the winning one cut to 900
+  characters). Trained on countdown alone (2,000 pretraining + 40 SFT steps, one thread, 2026-12-05) it
+  scored 0.5% pass@1 against 4.5% for these traces (100 held-out problems x 2): its longer searches take
+  many more one-step sums of two-digit numbers, which the model gets wrong ("48+21=76", "25-25=1"), and
+  43% of its completions ran past 896 tokens. Two-digit arithmetic in one step, not the search, is what
+  the model lacks here.
 - The answer uses every given number once (countdown's scorer requires all of them, puzzle24's too),
   with spaces around operators and parentheses wherever the search's grouping differs from reading left
   to right (`8 * 3 * (9 / 9)`), so the check line, which recomputes the answer in reading order, repeats
