@@ -83,11 +83,11 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
             qp, kp, vp = (t[:split].unflatten(0, (distinct, prompt_width)).transpose(1, 2) for t in (q, k, v))
             qc, kc, vc = (t[split:].unflatten(0, (batch, completion_width)).transpose(1, 2) for t in (q, k, v))
             out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=layer.scaling, enable_gqa=True)
-            out_c = F.scaled_dot_product_attention(qc, torch.cat([kp[rows], kc], dim=2),
-                                                   torch.cat([vp[rows], vc], dim=2), attn_mask=mask,
+            out_c = F.scaled_dot_product_attention(qc, torch.cat([kp.index_select(0, rows), kc], dim=2),
+                                                   torch.cat([vp.index_select(0, rows), vc], dim=2), attn_mask=mask,
                                                    scale=layer.scaling, enable_gqa=True)
         attended = torch.cat([out_p.transpose(1, 2).flatten(0, 1), out_c.transpose(1, 2).flatten(0, 1)])
-        x = layer.finish(x, F.pad(attended[spots].flatten(1), (0, 0, 0, extra)))
+        x = layer.finish(x, F.pad(attended.index_select(0, spots).flatten(1), (0, 0, 0, extra)))
 
     # Row b's completion token j is predicted by its prompt's last token (j = 0) or by its own token j - 1.
     row, j = in_completion.nonzero(as_tuple=True)
@@ -97,7 +97,7 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     predicting = packed[predictor]
     if cpu_bf16:
         predicting = F.pad(predicting, (0, cpu_kernels.bucketed(len(predicting)) - len(predicting)))
-    logits = head_logits(model, x[predicting.to(device)])[: len(predictor)]
+    logits = head_logits(model, x.index_select(0, predicting.to(device)))[: len(predictor)]
     logp = torch.log_softmax(logits.float(), dim=-1)  # [M, V]
     index = (row.to(device), (columns[row, j] - 1).to(device))
     chosen = logp.gather(-1, input_ids[index[0], index[1] + 1][:, None]).squeeze(-1)
