@@ -72,7 +72,7 @@ class RoutedExperts(nn.Module):
         token = order // top_k
         counts = torch.bincount(flat, minlength=num_experts)
         dtype = cpu_kernels.compute_dtype(x.device, x.dtype)
-        rows = x[token].to(dtype)
+        rows = x.index_select(0, token).to(dtype)
         slots = None
         if cpu_kernels.reduced_precision_on_cpu(x.device, dtype):
             slots, counts = _bucketed_slots(counts, cpu_kernels.CPU_BUCKET_ROWS)
@@ -81,8 +81,8 @@ class RoutedExperts(nn.Module):
         gate, up = hidden.chunk(2, dim=-1)
         out = _grouped_matmul(F.silu(gate) * up, self.down_proj.to(dtype).transpose(1, 2), counts)
         if slots is not None:
-            out = out[slots]
-        out = out * weights.reshape(-1)[order, None].to(out.dtype)
+            out = out.index_select(0, slots)
+        out = out * weights.reshape(-1).index_select(0, order)[:, None].to(out.dtype)
         return torch.zeros_like(x, dtype=out.dtype).index_add_(0, token, out)
 
 
