@@ -72,6 +72,7 @@ class RoutedExperts(nn.Module):
         token = order // top_k
         counts = torch.bincount(flat, minlength=num_experts)
         dtype = cpu_kernels.compute_dtype(x.device, x.dtype)
+        # index_select, not x[token]: its backward is index_add_, ~5x faster on the CPU than indexing's index_put_.
         rows = x.index_select(0, token).to(dtype)
         slots = None
         if cpu_kernels.reduced_precision_on_cpu(x.device, dtype):

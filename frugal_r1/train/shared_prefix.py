@@ -75,6 +75,8 @@ def shared_prefix_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_len
     cos, sin = F.pad(cos, (0, 0, 0, 0, 0, extra)), F.pad(sin, (0, 0, 0, 0, 0, extra))
 
     x = F.pad(model.model.embed_tokens(grid_ids[real].to(device)), (0, 0, 0, extra))  # [N real tokens (+ extra), d]
+    # Rows are gathered with index_select, not t[rows]: its backward is index_add_, ~10x faster on the CPU than
+    # indexing's index_put_ with accumulate.
     for layer in layers:
         q, k, v = (t.new_zeros(grid, *t.shape[1:]).index_copy(0, spots, t[:tokens]) for t in layer.qkv(x, cos, sin))
         if cpu_bf16:
