@@ -308,6 +308,24 @@ def test_training_counts_load_and_mtp_loss_by_hand():
     assert model.moe_layers()[0].gate.weight.grad.abs().sum() > 0
 
 
+def test_chunked_cross_entropy_equals_whole(monkeypatch):
+    from frugal_r1.model import transformer
+
+    logits = torch.randn(3, 7, 256, requires_grad=True)
+    labels = torch.randint(0, 256, (3, 7))
+    labels[0, :4] = -100
+    whole = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), labels.reshape(-1), ignore_index=-100)
+    (whole_grad,) = torch.autograd.grad(whole, logits)
+    monkeypatch.setattr(transformer, "CE_CHUNK_ELEMENTS", 4 * 256)  # 4 rows a chunk: 6 chunks, the last short
+    chunked = transformer._cross_entropy(logits, labels)
+    (chunked_grad,) = torch.autograd.grad(chunked, logits)
+    assert torch.allclose(chunked, whole, atol=1e-6) and torch.allclose(chunked_grad, whole_grad, atol=1e-7)
+    summed = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), labels.reshape(-1), reduction="sum",
+                                               ignore_index=-100)
+    assert torch.allclose(transformer._cross_entropy(logits, labels, denominator=40.0), summed / 40, atol=1e-6)
+    assert transformer._cross_entropy(logits, torch.full_like(labels, -100)).item() == 0.0
+
+
 def test_bf16_autocast_forward_backward_is_close_to_fp32():
     cfg = small_config()
     model = random_model(cfg).train()
