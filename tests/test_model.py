@@ -326,6 +326,23 @@ def test_chunked_cross_entropy_equals_whole(monkeypatch):
     assert transformer._cross_entropy(logits, torch.full_like(labels, -100)).item() == 0.0
 
 
+def test_bf16_causal_attention_matches_fp32_reference():
+    from frugal_r1.model.cpu_kernels import CausalAttentionBF16
+
+    q, k, v = (torch.randn(2, 3, 40, 16).bfloat16() for _ in range(3))
+    grad = torch.randn(2, 3, 40, 16).bfloat16()
+    ref_inputs = [t.float().requires_grad_() for t in (q, k, v)]
+    ref = torch.nn.functional.scaled_dot_product_attention(*ref_inputs, is_causal=True, scale=0.3)
+    ref.backward(grad.float())
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = CausalAttentionBF16.apply(*inputs, 0.3)
+    out.backward(grad)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=2e-2)
+    for mine, theirs in zip(inputs, ref_inputs):
+        assert mine.grad.dtype == torch.bfloat16
+        assert torch.allclose(mine.grad.float(), theirs.grad, atol=5e-2, rtol=2e-2)
+
+
 def test_bf16_autocast_forward_backward_is_close_to_fp32():
     cfg = small_config()
     model = random_model(cfg).train()

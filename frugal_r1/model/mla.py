@@ -85,8 +85,11 @@ class MLA(nn.Module):
         if pad > 0:  # equal head dims let SDPA use its fused (flash) CPU kernel: 2-3× faster than the math path
             v = F.pad(v, (0, pad))
         dtype = q.dtype
-        if cpu_kernels.reduced_precision_on_cpu(q.device, dtype):  # each packed document's length is a new shape
-            q, k, v = q.float(), k.float(), v.float()
+        if cpu_kernels.reduced_precision_on_cpu(q.device, dtype):
+            if mask is None:  # plain causal rows: the shape repeats
+                out = cpu_kernels.CausalAttentionBF16.apply(q, k, v, self.softmax_scale)
+                return out[..., : self.v_dim].transpose(1, 2)
+            q, k, v = q.float(), k.float(), v.float()  # each packed document's length is a new shape
         with torch.autocast(q.device.type, enabled=False):
             if isinstance(mask, DocumentSpans):
                 out = mask.attend(q, k, v, self.softmax_scale)
