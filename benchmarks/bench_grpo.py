@@ -3,10 +3,11 @@
 Both train the identical randomly initialised Qwen2 (saved once, loaded by each) on the same chain_sum
 prompts with the same settings: P prompts × G completions per step, max completion length L, T = 1,
 β = 0, μ = 1, token-level (DAPO) loss, the same accuracy reward, fp32 on CPU (`--bf16`: bf16 autocast for both
-sides; generation stays fp32 in ours). Each side runs a few warm-up
-steps and then the timed steps; the two are run alternately (ours, TRL, ours, TRL) so machine noise hits
-both, and the medians are compared. Completion lengths are printed too: a random model stops at its eos at
-random, so the two may generate different amounts — tokens per second is printed alongside.
+sides; generation stays fp32 in ours). Each side runs a few warm-up steps and then the timed steps; the two
+are run alternately (ours, TRL, ours, TRL), each run in a fresh process, so machine noise hits both and
+neither disturbs the other's heap, and the medians are compared. Completion lengths are printed too: a
+random model stops at its eos at random, so the two may generate different amounts — tokens per second is
+printed alongside.
 
     .venv/bin/pip install -e ".[bench]"   # TRL, the anchor; not a frugal-r1 dependency
     .venv/bin/python benchmarks/bench_grpo.py [--prompts 4] [--group 8] [--length 64] [--steps 4] [--threads 1] [--bf16]
@@ -19,8 +20,11 @@ stable ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +110,18 @@ def trl(model_dir: Path, out: Path, args) -> tuple[list[float], float]:
     return times[args.warmup:], statistics.mean(lengths[args.warmup:]) if lengths else float("nan")
 
 
+SIDES = {"frugal-r1": ours, "TRL GRPOTrainer": trl}
+
+
+def measure(name: str, model_dir: Path, out: Path, argv: list[str]) -> tuple[list[float], float]:
+    """One side's run in a fresh process (as bench_train_step.py: in one process the two disturb each other
+    through the allocator)."""
+    command = [sys.executable, __file__, *argv, "--worker", name, "--model", str(model_dir), "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    return record["times"], record["length"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=4)
@@ -116,21 +132,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (fp32 master weights)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
-    args = parser.parse_args()
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args, argv = parser.parse_args(), sys.argv[1:]
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        times, length = SIDES[args.worker](args.model, args.out, args)
+        print(json.dumps({"times": times, "length": length}))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_model(tmp / "model", [f"What is {a} + {b}? <answer>{a + b}</answer>" for a in range(60) for b in range(30)])
-        results = {"frugal-r1": ([], []), "TRL GRPOTrainer": ([], [])}
+        results = {name: ([], []) for name in SIDES}
         for round_ in range(args.rounds):
-            for name, fn in (("frugal-r1", ours), ("TRL GRPOTrainer", trl)):
-                times, length = fn(tmp / "model", tmp / f"{name[:3]}-{round_}", args)
+            for name in SIDES:
+                times, length = measure(name, tmp / "model", tmp / f"{name[:3]}-{round_}", argv)
                 results[name][0].extend(times)
                 results[name][1].append(length)
-        print(f"\nGRPO step on CPU ({torch.get_num_threads()} threads): tiny Qwen2, {args.prompts} prompts × "
-              f"{args.group} completions, max {args.length} new tokens, {'bf16 autocast' if args.bf16 else 'fp32'}")
+        print(f"\nGRPO step on CPU ({torch.get_num_threads()} threads, each side's run in a fresh process): tiny "
+              f"Qwen2, {args.prompts} prompts × {args.group} completions, max {args.length} new tokens, "
+              f"{'bf16 autocast' if args.bf16 else 'fp32'}")
         medians = {}
         for name, (times, lengths) in results.items():
             medians[name] = statistics.median(times)
