@@ -39,7 +39,7 @@ def bucketed(rows: int, bucket: int | None = None) -> int:
 
 
 class CausalAttentionBF16(torch.autograd.Function):
-    """Causal fused attention for reduced-precision q, k, v [B, H, T, D] on the CPU, for fixed shapes.
+    """Causal fused attention for reduced-precision q, k, v [B, H, T, D] on the CPU.
 
     The flash kernel's forward runs 2x faster in bf16 than in fp32, but its bf16 backward runs 1.6x slower
     than its fp32 one ([8, 8, 256, 48], 2-vCPU Xeon with AMX, 2026-12-05: forward 2.1 vs 4.1 ms, backward

@@ -85,17 +85,18 @@ class MLA(nn.Module):
         if pad > 0:  # equal head dims let SDPA use its fused (flash) CPU kernel: 2-3× faster than the math path
             v = F.pad(v, (0, pad))
         dtype = q.dtype
-        if cpu_kernels.reduced_precision_on_cpu(q.device, dtype):
-            if mask is None:  # plain causal rows: the shape repeats
-                out = cpu_kernels.CausalAttentionBF16.apply(q, k, v, self.softmax_scale)
-                return out[..., : self.v_dim].transpose(1, 2)
-            q, k, v = q.float(), k.float(), v.float()  # each packed document's length is a new shape
-        with torch.autocast(q.device.type, enabled=False):
-            if isinstance(mask, DocumentSpans):
-                out = mask.attend(q, k, v, self.softmax_scale)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                     scale=self.softmax_scale)
+        reduced = cpu_kernels.reduced_precision_on_cpu(q.device, dtype)
+        if reduced and mask is None:  # plain causal rows: bf16 forward, fp32 backward
+            out = cpu_kernels.CausalAttentionBF16.apply(q, k, v, self.softmax_scale)
+        else:
+            if reduced:  # packed documents: bf16 SDPA would build a kernel for each document's length
+                q, k, v = q.float(), k.float(), v.float()
+            with torch.autocast(q.device.type, enabled=False):
+                if isinstance(mask, DocumentSpans):
+                    out = mask.attend(q, k, v, self.softmax_scale)
+                else:
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                         scale=self.softmax_scale)
         return out[..., : self.v_dim].transpose(1, 2).to(dtype)
 
     def _absorbed(self, q_nope, q_pe, latent, mask) -> torch.Tensor:

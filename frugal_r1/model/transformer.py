@@ -212,7 +212,7 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, denominator: floa
 
     Computed over row chunks of at most CE_CHUNK_ELEMENTS logits, so no float32 copy of the whole [N, V]
     logits exists: glibc serves allocations over 32 MB with fresh mmap'd pages, whose first-touch page
-    faults made the casts, log_softmax and its backward of the speedrun's 2,048 x 4,096 logits cost 48 ms
+    faults made the casts, log_softmax and its backward of the small preset's 2,048 x 4,096 logits cost 48 ms
     per step against 20 ms chunked (2-vCPU Xeon, 2026-12-05).
     """
     flat_labels = labels.reshape(-1)
