@@ -23,13 +23,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from fresh_process import run_worker
 
 
 def make_model(path: Path, vocab_texts: list[str]) -> None:
@@ -116,9 +116,7 @@ SIDES = {"frugal-r1": ours, "TRL GRPOTrainer": trl}
 def measure(name: str, model_dir: Path, out: Path, argv: list[str]) -> tuple[list[float], float]:
     """One side's run in a fresh process (as bench_train_step.py: in one process the two disturb each other
     through the allocator)."""
-    command = [sys.executable, __file__, *argv, "--worker", name, "--model", str(model_dir), "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    record = json.loads(result.stdout.strip().splitlines()[-1])
+    record = run_worker(__file__, [*argv, "--worker", name, "--model", str(model_dir), "--out", str(out)])
     return record["times"], record["length"]
 
 

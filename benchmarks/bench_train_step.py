@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from fresh_process import run_worker
 
 MODELS = ("frugal-r1", "transformers", "frugal-r1 +MTP")
 WARMUP_STEPS = 3
@@ -75,9 +74,8 @@ def worker(name: str, work: Path, bf16: bool, steps: int) -> None:
 
 
 def measure(name: str, work: Path, bf16: bool, steps: int) -> float:
-    command = [sys.executable, __file__, "--worker", name, "--work", str(work), "--steps", str(steps)]
-    result = subprocess.run(command + (["--bf16"] if bf16 else []), capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+    arguments = ["--worker", name, "--work", str(work), "--steps", str(steps)] + (["--bf16"] if bf16 else [])
+    return run_worker(__file__, arguments)["seconds"]
 
 
 def main() -> None:
