@@ -1,7 +1,8 @@
 """Training-step throughput: frugal-r1's DeepSeekV3 against transformers' DeepseekV3ForCausalLM.
 
 Identical config and weights (transformers loads our saved directory), the same batch, forward +
-backward + AdamW, in fp32 and in bf16 autocast. Each measurement runs in a fresh process, and the
+backward + AdamW (the fused kernel, as transformers' Trainer and frugal-r1's loop use), in fp32 and in bf16
+autocast. Each measurement runs in a fresh process, and the
 processes alternate (ours, theirs, ours, theirs, …) so machine noise hits both. Fresh processes because
 the two models in one process disturb each other through the allocator: what one frees, glibc keeps or
 returns to the system, and the other's next allocations then page-fault or not. In one process
@@ -66,7 +67,7 @@ def worker(name: str, work: Path, bf16: bool, steps: int) -> None:
         model = DeepSeekV3.from_pretrained(work / ("model_mtp" if name.endswith("MTP") else "model"))
     model.train()
     ours = name != "transformers"
-    step = make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), inputs, labels if ours else None,
+    step = make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), inputs, labels if ours else None,
                      bf16, ours)
     for _ in range(WARMUP_STEPS):  # the first steps of a process fault in its heap and build kernels
         step()
