@@ -3,8 +3,9 @@
 A stage (pretrain, SFT, GRPO) supplies only what differs: the batches and the loss (`Stage` below). The
 loop owns the rest:
 
-- AdamW (no weight decay on norms, biases and embeddings), warmup + cosine / WSD / constant schedule,
-  gradient accumulation, gradient clipping, bf16 autocast with fp32 master weights;
+- AdamW (the fused kernel on the CPU and CUDA; no weight decay on norms, biases and embeddings), warmup +
+  cosine / WSD / constant schedule, gradient accumulation, gradient clipping, bf16 autocast with fp32
+  master weights;
 - batches made on the CPU are moved to the model's device (the CPU, or a GPU: device.py) for the loss;
 - the loss of a step is normalised by the target-token count of the whole step — over micro-batches
   and ranks — so accumulation and data parallelism give the same gradient as one big batch;
