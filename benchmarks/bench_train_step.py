@@ -1,13 +1,13 @@
 """Training-step throughput: frugal-r1's DeepSeekV3 against transformers' DeepseekV3ForCausalLM.
 
 Identical config and weights (transformers loads our saved directory), the same batch, forward +
-backward + AdamW (the fused kernel, as transformers' Trainer and frugal-r1's loop use), in fp32 and in bf16
-autocast. Each measurement runs in a fresh process, and the
-processes alternate (ours, theirs, ours, theirs, …) so machine noise hits both. Fresh processes because
-the two models in one process disturb each other through the allocator: what one frees, glibc keeps or
-returns to the system, and the other's next allocations then page-fault or not. In one process
-transformers' bf16 step measured 665-740 ms after ours, against 520 ms alone (2026-12-05), which had
-inflated the ratio this benchmark reported (1.68-1.79x, against ~1.3x measured this way).
+backward + AdamW (the fused kernel, as transformers' Trainer and frugal-r1's loop use), in fp32 and in
+bf16 autocast. Each measurement runs in a fresh process, and the processes alternate (ours, theirs, ours,
+theirs, …) so machine noise hits both. Fresh processes because the two models in one process disturb each
+other through the allocator: what one frees, glibc keeps or returns to the system, and the other's next
+allocations then page-fault or not. In one process transformers' bf16 step measured 665-740 ms after ours,
+against 520 ms alone (2026-12-05), which had inflated the ratio this benchmark reported (1.68-1.79x, against
+~1.3x measured this way).
 
 MTP is off for the comparison (transformers has no MTP module); our MTP-on figure is printed too. MFU is
 against this machine's measured bf16 (or fp32) matmul peak.
@@ -67,8 +67,8 @@ def worker(name: str, work: Path, bf16: bool, steps: int) -> None:
         model = DeepSeekV3.from_pretrained(work / ("model_mtp" if name.endswith("MTP") else "model"))
     model.train()
     ours = name != "transformers"
-    step = make_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True), inputs, labels if ours else None,
-                     bf16, ours)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step = make_step(model, optimizer, inputs, labels if ours else None, bf16, ours)
     for _ in range(WARMUP_STEPS):  # the first steps of a process fault in its heap and build kernels
         step()
     print(json.dumps({"seconds": timed(step, steps)}))

@@ -85,10 +85,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
             continue
         (no_decay if param.ndim < 2 or "embed" in name or "norm" in name else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel (one pass per parameter; what transformers' Trainer picks by default) where torch has one:
-    # on the CPU it steps a tiny policy 3x faster than foreach (1.9 vs 5.9 ms, 2026-12-06).
-    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.dtype.is_floating_point for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None, foreach=not fused)
+    # The fused kernel (what transformers' Trainer picks by default) where torch has one: on the CPU it steps
+    # the speedrun's pretraining model 1.6 vs 5.7 ms with foreach, a tiny GRPO policy 1.9 vs 5.9 ms (2026-12-06).
+    fused = module_device(model).type in FUSED_ADAMW_DEVICES
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused, foreach=not fused)
 
 
 class Trainer:
