@@ -22,9 +22,10 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   format that decides nothing ahead was tried: operands as they stand, `top-bottom[-1]=raw`, a raw value
   below zero adding 10 on the spot (`2-3-1=-2+10=8`), and only when the last column stays below zero
   `below 0, so -(5218 - 397): ...` (6-term 4-digit chains: ~490 tokens instead of ~430). It halved the
-  samples that went wrong in a subtraction (23% -> 12%, seed 0), but over two full speedruns, pass@1 after SFT, old -> new: chain_sum 74.2 -> 66.1
-  (seed 0) and 64.8 -> 96.2 (seed 1); basic_arithmetic 60.1 -> 38.5 and 59.9 -> 55.8; puzzle24 27.4 -> 22.5
-  and 29.8 -> 25.4; mean 47.6 -> 26.5 and 47.4 -> 52.4. The seed moved chain_sum as much as the format did.
+  samples that went wrong in a subtraction (23% -> 12%, seed 0), but over two full speedruns, pass@1 after
+  SFT, old -> new: chain_sum 74.2 -> 66.1 (seed 0) and 64.8 -> 96.2 (seed 1); basic_arithmetic 60.1 -> 38.5
+  and 59.9 -> 55.8; puzzle24 27.4 -> 22.5 and 29.8 -> 25.4; mean 47.6 -> 26.5 and 47.4 -> 52.4. The seed
+  moved chain_sum as much as the format did.
 - Two single-digit operands are one column, in the form every multi-digit column takes (`3 - 7 = -(7 - 3):
   7-3=4, so -4`, `7 * 8: 7*8=56, so 56`), not a spaced fact (`3 - 7 = -(7 - 3) = -4`): a model trained on
   chain_sum alone made 48 of its 60 teacher-forced errors on held-out traces in those spaced facts (3.8% of
