@@ -36,6 +36,23 @@ Design choices:
   many more one-step sums of two-digit numbers, which the model gets wrong ("48+21=76", "25-25=1"), and
   43% of its completions ran past 896 tokens. Two-digit arithmetic in one step, not the search, is what
   the model lacks here.
+- What goes wrong (examples/search_errors.py reads a model's searches back; the speedrun's held-out problems,
+  100 x 2 samples at T 0.6). countdown, the seed-0 SFT model of this recipe (2026-12-07): 21 of 200 right; the
+  winning path first went wrong at `found` after a try that missed the target 79 times, at an operand not on the
+  table 41, at a `left` list 28, at a fact 12; 10 had a right path and a wrongly composed answer, 9 ran out of
+  tokens; `left` lists were right 65% of the time at the first step and 73% at the second. The seed-1 SFT model
+  of 2026-12-06 (the trial subtraction format's run, the same search traces): 13 right; `left` 77 (mostly an
+  operand kept and another number dropped, `48-21=27, left 48 15 27.`), missed 35, operand 33, a fact 26, out of
+  tokens 14, composed wrongly 2; `left` right 34% / 59%. So the search's bookkeeping fails more often than its
+  arithmetic. puzzle24, the seed-0 model: 53 right, 78 out of tokens, and 53 composed wrongly from a right path
+  (`7+7=14`, `14+10=24`, `24*1=24, found 24`, answered `7 * (7 + 7 + 10)`); `left` right 74% / 84%.
+  Tried and not kept (2026-12-07), each trained on countdown alone (examples/probe_pretraining.py, 2,000 steps,
+  seed 0; 100 held-out problems, greedy), with the share of `left` lists right at the first and the second step:
+  the list of what is left (these traces) 41% / 47%, greedy accuracy 1%; a table of slots in the question's
+  order with the result in the left operand's slot and `_` in the right's (`8-5=3, left 3 _ 10 6.`), so each
+  slot copies the slot above it, 4% / 9%, accuracy 0%; both operands' slots blanked and the result appended
+  (`8-5=3, left _ _ 10 6 3.`) 0% / 0%, accuracy 0%. Marking or filling an operand's place is harder for this
+  model than leaving it out.
 - The answer uses every given number once (countdown's scorer requires all of them, puzzle24's too),
   with spaces around operators and parentheses wherever the search's grouping differs from reading left
   to right (`8 * 3 * (9 / 9)`), so the check line, which recomputes the answer in reading order, repeats
