@@ -10,8 +10,8 @@ A search completion is written as the traces teach it (search.py):
 
 `read_search` replays the step lines against the numbers they should start from (the given numbers for a
 depth-1 step, the last depth-1 step's list for a step leaving two) and reports, for every step line, whether
-its `left` list is what that step leaves; then it follows the path that ends at the last `found` and names the
-first thing on it that is wrong:
+its `left` list is what that step leaves; then it follows the path that ends at the first `found` and names
+the first thing on it that is wrong:
 
     operand      an operand that is not on the table the step starts from
     fact         the step's arithmetic (`48+21=76`)
@@ -19,7 +19,7 @@ first thing on it that is wrong:
     final fact   the hitting try: its arithmetic, or numbers that are not the two left
     missed       `found` after a try whose result is not the target
     no found     the search never claims a hit (`truncated` when it also never closed </think>)
-    none         the path is right: a wrong answer was then composed wrongly from it
+    none         nothing on the path is wrong (a wrong completion then composed its answer wrongly)
 
 It judges only the search's own lines, never the answer: whether the completion is right is the verifier's
 call (frugal_r1.rewards). examples/search_errors.py runs it over a model's held-out completions.
