@@ -53,6 +53,12 @@ Design choices:
   slot copies the slot above it, 4% / 9%, accuracy 0%; both operands' slots blanked and the result appended
   (`8-5=3, left _ _ 10 6 3.`) 0% / 0%, accuracy 0%. Marking or filling an operand's place is harder for this
   model than leaving it out.
+  Also tried (2026-12-07), on puzzle24: a check line that builds the answer back from the winning path, latest
+  step first (`Check 24 = 24 * 1 = (17 + 7) * 1 = (10 + 7 + 7) * 1. Uses 10 7 7 1.`), instead of recomputing it.
+  puzzle24 alone, 2,000 steps, seed 0, 100 of the speedrun's held-out problems, greedy
+  (examples/search_errors.py --prompt pretrain --samples 1), new against current: right 14 vs 23, a right path
+  composed wrongly 8 vs 18, out of tokens 46 vs 29, first-step `left` lists right 50% vs 82%. Fewer composition
+  errors but a weaker search at this seed: no evidence either way, not kept.
 - The answer uses every given number once (countdown's scorer requires all of them, puzzle24's too),
   with spaces around operators and parentheses wherever the search's grouping differs from reading left
   to right (`8 * 3 * (9 / 9)`), so the check line, which recomputes the answer in reading order, repeats
