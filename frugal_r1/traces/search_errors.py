@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from frugal_r1.traces.search import _evaluation
+
 STEP = re.compile(r"^(\d+)([-+*/])(\d+)=(\d+), left ([\d ]+)([.:])(.*)$")
 FACT = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
 
@@ -43,9 +45,11 @@ class SearchReading:
 
 
 def _apply(op: str, a: int, b: int) -> int | None:
-    if op == "/":
-        return a // b if b and a % b == 0 else None
-    return {"+": a + b, "-": a - b, "*": a * b}[op]
+    """a op b as the traces compute it (search._evaluation); None for an inexact division."""
+    try:
+        return _evaluation((op, a, b))[1]
+    except ValueError:
+        return None
 
 
 def _without(numbers: list[int], *used: int) -> list[int] | None:
@@ -104,7 +108,7 @@ def read_search(text: str, numbers: list[int], target: int) -> SearchReading:
     if found is None:
         reading.first_error = "no found" if "</think>" in text else "truncated"
         return reading
-    path = [last_first_step, found] if found is not last_first_step and last_first_step else [found]
+    path = [found] if last_first_step in (None, found) else [last_first_step, found]
     for step in path:
         problem = step.error()
         if problem:
