@@ -1,7 +1,8 @@
 """The `frugal-r1` command line.
 
-Each subcommand lives in its own module, which exposes `register(subparsers)`: it adds its parser and
-sets `func` to the function that runs it. This file only lists them, so adding a command is one line.
+Each subcommand lives in its own module (train/cli.py holds the three training ones: pretrain, sft, grpo),
+which exposes `register(subparsers)`: it adds its parsers and sets `func` to the function that runs each. This
+file only lists the modules, so adding a command is one line.
 A `UserError` (or `ValueError` from config validation) becomes a one-line message and exit status 2.
 """
 

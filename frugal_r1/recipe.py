@@ -1,6 +1,6 @@
 """Run configuration: dataclasses loaded from a TOML recipe and overridden from the command line.
 
-A stage (pretrain, sft, grpo) is configured by four sections:
+A stage (pretrain, sft, grpo) is configured by five sections:
 
     [model]   preset = "small" plus any ModelConfig field (num_hidden_layers = 4, …)
     [data]    tasks, per-task reasoning-gym config, sequence length, batch size, tokenizer

@@ -5,7 +5,8 @@
     frugal-r1 cost --recipe RECIPE.toml [--hardware cpu] [--devices N] [--sharded]
                                                                  time, $, kWh and memory per stage
 
-Every view takes `--json` (keys gpu_hours, usd, kwh, flops, and a `stages` list with the same keys).
+Every view takes `--json`: the projections' keys are gpu_hours, usd, kwh, flops and a `stages` list with the same
+keys; the hardware view's is a `hardware` list of profiles.
 
 Recipes. A run recipe (recipes/speedrun.toml, any `--config` file with [pretrain.*] / [sft.*] / [grpo.*]
 tables) is priced stage by stage from its own settings (frugal_r1.cost.run_recipe). For runs that do not exist

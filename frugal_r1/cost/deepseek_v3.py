@@ -18,7 +18,8 @@ the H800's dense peak (989.5 TFLOP/s bf16, 1979 TFLOP/s fp8 — see hardware.tom
 
 MFU implied by the reported hours = FLOPs / (GPU-hours × 3600 × peak), against both peaks (DeepSeek ran
 its GEMMs in fp8 and attention in bf16, so the truth lies between them). GPU-hours at a chosen MFU =
-FLOPs / (MFU × peak × 3600). Energy = GPU-hours × 700 W (the GPUs' TDP only: no host, network or cooling).
+FLOPs / (MFU × peak × 3600). Energy = GPU-hours × the hardware profile's power (700 W for the H800: the
+GPUs' TDP only, no host, network or cooling).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Planner stages from run configs: what `frugal-r1 cost --recipe recipes/speedrun.toml` prices before a run,
 and what the speedrun report sets beside its ledgers after one.
 
-`planner_stage(name, cfg, rollouts)` turns one stage's `StageConfig` (frugal_r1.recipe) into a planner
+`planner_stage(name, cfg, hardware, rollouts=None)` turns one stage's `StageConfig` (frugal_r1.recipe) into a planner
 `Stage`: pretrain and SFT are steps × batch × grad_accum sequences of seq_len tokens; GRPO is ⌈steps / μ⌉
 rollout batches of prompts_per_step × G, plus its held-out evaluations (eval_n × eval_samples per task, at
 every `train.eval_every` steps before the last and once at the end). `rollouts` is what a run measured about its rollouts
 (prompt and completion lengths, sampling rounds, trained fraction, padded training length); without it the
 stage assumes `UNMEASURED_PROMPT_TOKENS` of prompt, every completion at max_new_tokens, one round, all trained.
 
-`recipe_stages(path, recipe)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
+`recipe_stages(path, recipe, hardware)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
 the model it describes, with the tokenizer's vocab_size as the vocabulary (the trained tokenizer may come
 out smaller, so this is an upper bound).
 """

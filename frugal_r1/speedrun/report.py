@@ -6,7 +6,7 @@ Reads each stage's ledger.json and metrics.jsonl and the two evaluations; writes
 - stage times, FLOPs, kWh and dollars from the ledgers, beside the planner's projection (predicted vs
   measured per stage);
 - plots: pretraining loss, GRPO reward / held-out accuracy / completion length over steps, and held-out
-  accuracy against wall-clock minutes;
+  accuracy against training minutes (pretraining + SFT + GRPO from the ledgers; evaluations left out);
 - the same problems answered before and after GRPO;
 - with `--compare DIR…`, this run beside other finished speedruns (compare.py): what more time buys.
 """

@@ -3,7 +3,8 @@
 The stages, each a normal run directory under --out, each rerunnable alone from the same recipe
 (`frugal-r1 pretrain --config recipes/speedrun.toml --out …`, `sft --init …`, `grpo --init …`):
 
-    pretrain/   tokenizer + the `small` DeepSeek-V3 (MLA + MoE + MTP) on reasoning traces
+    pretrain/   tokenizer + a DeepSeek-V3-style model (MLA + MoE + MTP; the `small` preset narrowed by the
+                recipe to 4 layers of width 128, 2.5M parameters) on reasoning traces
     sft/        cold-start SFT in the chat format (init: pretrain/final)
     eval_sft.json   held-out evaluation, R1 protocol (T 0.6, top-p 0.95, k samples, pass@1, cons@k)
     grpo/       GRPO with verifiable rewards (init: sft/final)

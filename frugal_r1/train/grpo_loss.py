@@ -17,7 +17,7 @@ Aggregation over the batch's completion tokens (mask m):
     "token"    (DAPO):      Σ_i Σ_t m·ℓ / Σ_i Σ_t m
     "constant" (Dr. GRPO):  Σ_i Σ_t m·ℓ / (number of completions × max_new_tokens)
 
-The functions below are pure tensor math, tested against a hand-computed example; `loss_sums` returns the
+The functions below are pure tensor math, tested against a hand-computed example; `loss_sum` returns the
 numerator of each mode so micro-batches and ranks can be added up and divided once (see grpo.py).
 std is the population std (unbiased=False); groups with one completion get A = 0.
 """
