@@ -61,6 +61,7 @@ def test_toy_speedrun_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = speedrun("--config", str(recipe), "--out", str(out), "--set", "pretrain:ledger.hardware=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "[speedrun] predicted on cpu: training" in result.stdout  # the planner's word before the run
     report = json.loads((out / "report.json").read_text())
     assert set(report["after_grpo"]) == {"chain_sum", "countdown"}
     assert set(report["ledgers"]) == {"pretrain", "sft", "grpo"} and report["usd"] > 0
@@ -96,7 +97,7 @@ def test_toy_speedrun_end_to_end(tmp_path):
     copy.write_text(TOY)
     resumed = speedrun("--config", str(copy), "--out", str(out), "--resume", "--set", "pretrain:ledger.hardware=cpu",
                        "--compare", str(out))
-    assert resumed.returncode == 0 and "already finished" in resumed.stdout
+    assert resumed.returncode == 0 and "already finished" in resumed.stdout and "predicted on" not in resumed.stdout
     again = json.loads((out / "report.json").read_text())
     assert again["stage_minutes"] == pytest.approx(report["stage_minutes"])
     assert "## What more time buys" in (out / "report.md").read_text()

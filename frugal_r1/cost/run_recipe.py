@@ -8,6 +8,9 @@ every `train.eval_every` steps before the last and once at the end). `rollouts` 
 (prompt and completion lengths, sampling rounds, trained fraction, padded training length); without it the
 stage assumes `UNMEASURED_PROMPT_TOKENS` of prompt, every completion at max_new_tokens, one round, all trained.
 
+`project_run(configs, model_cfg, hardware, rollouts=None)` projects every stage of a run at once (the speedrun
+prints it before it starts and sets it beside its ledgers after).
+
 `recipe_stages(path, recipe, hardware)` reads a run recipe (the stages it has tables for, in pretrain → sft → grpo order) and
 the model it describes, with the tokenizer's vocab_size as the vocabulary (the trained tokenizer may come
 out smaller, so this is an upper bound).
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from frugal_r1.cost.hardware import Hardware
-from frugal_r1.cost.planner import Stage
+from frugal_r1.cost.planner import Stage, StageProjection, project
 from frugal_r1.errors import UserError
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.precision import planned_precision
@@ -44,6 +47,15 @@ def planner_stage(name: str, cfg: StageConfig, hardware: Hardware, rollouts: dic
                  eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)
 
 
+def project_run(configs: dict[str, StageConfig], model_cfg: ModelConfig, hardware: Hardware,
+                rollouts: dict[str, Any] | None = None) -> dict[str, StageProjection]:
+    """Each stage of a run (`configs` by stage name) projected on `hardware`, in pretrain → sft → grpo order;
+    `rollouts`: what the GRPO stage measured, if it ran."""
+    names = [name for name in STAGES if name in configs]
+    stages = [planner_stage(name, configs[name], hardware, rollouts if name == "grpo" else None) for name in names]
+    return dict(zip(names, project(stages, model_cfg, hardware).stages))
+
+
 def recipe_stages(path: Path, recipe: dict[str, Any], hardware: Hardware) -> tuple[ModelConfig, list[Stage]]:
     """The model and the stages of the run recipe at `path` (`recipe`: its parsed tables) on `hardware`."""
     names = [name for name in STAGES if name in recipe]
@@ -55,4 +67,4 @@ def recipe_stages(path: Path, recipe: dict[str, Any], hardware: Hardware) -> tup
     return first.model_config(vocab_size=first.data.vocab_size), [planner_stage(n, c, hardware) for n, c in configs.items()]
 
 
-__all__ = ["UNMEASURED_PROMPT_TOKENS", "planner_stage", "recipe_stages"]
+__all__ = ["UNMEASURED_PROMPT_TOKENS", "planner_stage", "project_run", "recipe_stages"]

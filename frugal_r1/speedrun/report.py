@@ -52,8 +52,7 @@ def gain_interval(before: dict[str, Any], after: dict[str, Any], rounds: int = 2
 
 def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
     """The planner's prediction for each stage on this machine (F8), to set beside the ledgers."""
-    from frugal_r1.cost.planner import project
-    from frugal_r1.cost.run_recipe import planner_stage
+    from frugal_r1.cost.run_recipe import project_run
     from frugal_r1.ledger import resolve_hardware
     from frugal_r1.model.config import ModelConfig
 
@@ -62,12 +61,9 @@ def projection(out: Path, configs: dict) -> dict[str, dict[str, float]]:
     recorded = json.loads((out / "pretrain" / "ledger.json").read_text()).get("hardware_profile", {})
     if recorded.get("peak_flops"):  # the peaks the run measured, not this moment's (a report rewritten later)
         hardware = dataclasses.replace(hardware, peak_flops=recorded["peak_flops"])
-    stages = [planner_stage(name, configs[name], hardware,
-                            _rollout_shape(out / name, configs[name].rl) if name == "grpo" else None)
-              for name in STAGES]
-    result = project(stages, model_cfg, hardware)
+    stages = project_run(configs, model_cfg, hardware, _rollout_shape(out / "grpo", configs["grpo"].rl))
     return {name: {"seconds": s.seconds, "usd": s.usd, "kwh": s.kwh, "flops": float(s.flops)}
-            for name, s in zip(STAGES, result.stages)}
+            for name, s in stages.items()}
 
 
 def _rollout_shape(stage_dir: Path, rl) -> dict[str, Any] | None:

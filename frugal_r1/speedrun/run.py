@@ -80,6 +80,26 @@ def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str])
     return configs
 
 
+def predicted_line(configs: dict[str, StageConfig], minutes: float) -> str:
+    """The planner's time for each training stage on this machine, said before the run starts (the report sets
+    the same projection beside the ledgers after it); the evaluations are not priced."""
+    from frugal_r1.cost.run_recipe import project_run
+    from frugal_r1.device import resolve_device
+    from frugal_r1.ledger import resolve_hardware
+
+    cfg = configs["pretrain"]
+    try:
+        hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
+                                    device_type=resolve_device(cfg.train.device).type)
+        stages = project_run(configs, cfg.model_config(vocab_size=cfg.data.vocab_size), hardware)
+    except Exception as error:  # a prediction must never stop the run
+        return f"[speedrun] no time prediction: {error}"
+    total = sum(s.seconds for s in stages.values()) / 60
+    parts = ", ".join(f"{name} {s.seconds / 60:.1f}" for name, s in stages.items())
+    return (f"[speedrun] predicted on {hardware.name}: training {total:.1f} min ({parts}) plus two held-out "
+            f"evaluations, against a budget of {minutes:g} min for everything")
+
+
 def _finished(stage_dir: Path) -> bool:
     return (stage_dir / "final" / "config.json").exists() and (stage_dir / "ledger.json").exists()
 
@@ -108,6 +128,8 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     if resume and plan_path.exists() and not _same_settings(json.loads(plan_path.read_text()), plan, configs):
         raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
+    if not all(_finished(out / name) for name in configs):
+        print(predicted_line(configs, minutes))
 
     def stage(name: str, fn) -> None:
         directory = out / name
