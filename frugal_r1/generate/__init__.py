@@ -18,7 +18,6 @@ The semantics of every field are in backend.py; the files are:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,21 +26,21 @@ from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import Backend, Completion, Prompt, SamplingParams, acceptance_rate
 from frugal_r1.generate.engine import Engine
 from frugal_r1.generate.hf_backend import HFBackend
+from frugal_r1.model.hf import read_model_config
 
 
-def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Backend:
+def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", device_flag: str = "train.device",
+                 **kwargs: Any) -> Backend:
     """A backend for the model directory: "frugal" (our DeepSeek-V3), "hf" (transformers) or "auto"
     (ours for model_type deepseek_v3, transformers otherwise), its model on `device` (a `train.device` setting:
     auto, cpu, cuda, cuda:N). kwargs go to the backend's from_pretrained."""
     from frugal_r1.device import resolve_device
 
     path = Path(path)
-    config = path / "config.json"
-    if not config.is_file():
-        raise UserError(f"{path} is not a model directory (no config.json)")
-    where = resolve_device(device)
+    config = read_model_config(path)
+    where = resolve_device(device, what=device_flag)
     if backend == "auto":
-        backend = "frugal" if json.loads(config.read_text()).get("model_type") == "deepseek_v3" else "hf"
+        backend = "frugal" if config.get("model_type") == "deepseek_v3" else "hf"
     if backend == "frugal":
         loaded = Engine.from_pretrained(path, **kwargs)
     elif backend == "hf":

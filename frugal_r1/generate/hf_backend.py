@@ -24,6 +24,19 @@ from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import Backend, Completion, Prompt, Rows, SamplingParams, load_local_tokenizer
 from frugal_r1.generate.engine import decode, evaluation, positions_of, resolve_seed
 from frugal_r1.generate.llama_family import LlamaFamilyStepper, unsupported_reason
+from frugal_r1.model.hf import read_model_config
+
+
+def load_causal_lm(path: Path, dtype: torch.dtype = torch.float32):
+    """transformers' AutoModelForCausalLM from local files only; a broken directory is named in one line."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: transformers cannot load this model: {reason}") from None
 
 
 class HFStepper:
@@ -65,13 +78,9 @@ class HFBackend(Backend):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, **kwargs) -> "HFBackend":
-        from transformers import AutoModelForCausalLM
-
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model directory (no config.json)")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
-        return cls(model, load_local_tokenizer(path), **kwargs)
+        read_model_config(path)
+        return cls(load_causal_lm(path, dtype), load_local_tokenizer(path), **kwargs)
 
     @property
     def context_length(self) -> int:

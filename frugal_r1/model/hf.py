@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from frugal_r1.atomic import atomic_write_bytes
@@ -151,18 +151,39 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
+def read_model_config(path: str | Path, what: str = "") -> dict:
+    """The config.json of a model directory as a dict; a one-line UserError when there is none or it cannot be
+    read (`what` prefixes the directory in the message, e.g. "--init ")."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{what}{path} is not a model directory (no config.json)")
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config}: not a readable JSON file ({error})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{config}: expected a JSON object, got {type(values).__name__}")
+    return values
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of model.safetensors, or of the shards a model.safetensors.index.json lists."""
     index = path / "model.safetensors.index.json"
-    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
-             else ["model.safetensors"])
+    try:
+        files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
+                 else ["model.safetensors"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index}: not a safetensors index ({type(error).__name__}: {error})") from None
     tensors = {}
     for file in files:
         if not (path / file).exists():
             raise CheckpointError(f"{path / file} not found")
-        with safe_open(path / file, framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        try:
+            with safe_open(path / file, framework="pt") as f:
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path / file}: not a readable safetensors file ({error})") from None
     return tensors
 
 
@@ -171,10 +192,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
     from frugal_r1.model.transformer import DeepSeekV3
 
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise CheckpointError(f"{path} is not a model directory (no config.json)")
+    values = read_model_config(path)
     try:
-        cfg = ModelConfig.from_hf_dict(json.loads((path / "config.json").read_text()))
+        cfg = ModelConfig.from_hf_dict(values)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path / 'config.json'}: {error}") from None
     tensors = read_tensors(path)

@@ -9,7 +9,6 @@ padding and positions are plain 0…T-1 for both kinds of model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import torch
 
 from frugal_r1.errors import UserError
 from frugal_r1.generate.backend import load_local_tokenizer
+from frugal_r1.generate.hf_backend import load_causal_lm
+from frugal_r1.model.hf import read_model_config
 from frugal_r1.train.shared_prefix import can_run, computed_tokens, shared_prefix_logprobs
 
 
@@ -27,17 +28,16 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
         path = Path(path)
-        config = path / "config.json"
-        if not config.is_file():
-            raise UserError(f"--init {path} is not a model directory (no config.json)")
+        config = read_model_config(path, "--init ")
         tokenizer = load_local_tokenizer(path)
-        if json.loads(config.read_text()).get("model_type") == "deepseek_v3":
+        if tokenizer is None:
+            raise UserError(f"--init {path} holds no tokenizer (tokenizer.json); GRPO writes its prompts as text, "
+                            "so the model directory needs the tokenizer it was trained with")
+        if config.get("model_type") == "deepseek_v3":
             from frugal_r1.model.transformer import DeepSeekV3
 
             return cls(DeepSeekV3.from_pretrained(path), tokenizer, "frugal")
-        from transformers import AutoModelForCausalLM
-
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+        module = load_causal_lm(path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return cls(module, tokenizer, "hf")
