@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from frugal_r1.errors import UserError
 from frugal_r1.model import PRESETS, preset
 from frugal_r1.model.cache import LatentCache
 from frugal_r1.model.transformer import DeepSeekV3
@@ -27,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
     torch.manual_seed(args.seed)
     cfg = preset(args.preset)
     model = DeepSeekV3(cfg)

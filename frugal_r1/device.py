@@ -16,8 +16,9 @@ import torch
 from frugal_r1.errors import UserError
 
 
-def resolve_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
-    """A `train.device` setting as a torch device, or a UserError saying what is wrong with it."""
+def resolve_device(setting: str = "auto", local_rank: int = 0, what: str = "train.device") -> torch.device:
+    """A `train.device` setting as a torch device, or a UserError saying what is wrong with it (`what` names the
+    setting in the message: a recipe key or a command-line flag)."""
     name = str(setting).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -25,13 +26,13 @@ def resolve_device(setting: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise UserError(f"train.device = {setting!r}, but torch sees no CUDA device; use \"cpu\" or \"auto\"")
+            raise UserError(f"{what} = {setting!r}, but torch sees no CUDA device; use \"cpu\" or \"auto\"")
         index = local_rank if name == "cuda" else name.removeprefix("cuda:")
         if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
-            raise UserError(f"train.device = {setting!r}: this machine has CUDA devices 0-"
+            raise UserError(f"{what} = {setting!r}: this machine has CUDA devices 0-"
                             f"{torch.cuda.device_count() - 1}")
         return torch.device("cuda", int(index))
-    raise UserError(f"train.device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {setting!r}")
+    raise UserError(f"{what} must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {setting!r}")
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -58,6 +58,8 @@ def parse_task_config(items: list[str], base: dict[str, dict[str, Any]] | None =
 
     out = {name: dict(values) for name, values in (base or {}).items()}
     for item in items:
+        if "=" not in item:
+            raise UserError(f"--task-config {item!r}: use NAME.KEY=VALUE, e.g. chain_sum.max_terms=4")
         key, value = parse_override(item)
         name, _, field = key.rpartition(".")
         if not name or not field:
@@ -77,6 +79,15 @@ def parse_task_budgets(items: list[str]) -> dict[str, int]:
     return out
 
 
+def check_writable_file(path: Path, flag: str) -> None:
+    """Before the work, not after it: `path` must be a file that can be written (its folder made if missing)."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from frugal_r1.eval import console_for_stdout, evaluate
     from frugal_r1.generate import load_backend
@@ -90,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         tasks = tasks or list(data.tasks)
     if not tasks:
         raise UserError("name a task with --task NAME (or give a recipe with --config)")
+    tasks = list(dict.fromkeys(tasks))  # a task named twice is evaluated (and averaged) once
+    if args.examples < 0:
+        raise UserError(f"--examples must be >= 0, got {args.examples}")
+    if args.json:
+        check_writable_file(Path(args.json), "--json")
     for name, value in (("--n", args.n), ("--samples", args.samples), ("--max-new-tokens", args.max_new_tokens),
                         ("--batch-size", args.batch_size)):
         if value < 1:
@@ -101,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task_config = parse_task_config(args.task_config, recipe_config)
-    backend = load_backend(args.model, backend=args.backend, device=args.device)
+    backend = load_backend(args.model, backend=args.backend, device=args.device, device_flag="--device")
     report = evaluate(backend, tasks, n=args.n, samples=args.samples, temperature=args.temperature,
                       top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed,
                       prompt_format=args.prompt_format, task_seed=args.seed, task_config=task_config,

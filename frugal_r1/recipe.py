@@ -163,14 +163,22 @@ def load_stage(stage: str, path: str | Path | None = None, overrides: list[str] 
     return build_stage(raw, section_types)
 
 
-def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
+def parse_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's TOML tables; a one-line UserError when it is missing or not TOML."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"recipe {path} is a directory, not a TOML file")
     if not path.is_file():
         raise UserError(f"recipe {path} not found")
     try:
-        recipe = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: invalid TOML: {error}") from None
+
+
+def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
+    path = Path(path)
+    recipe = parse_recipe(path)
     shared = {k: v for k, v in recipe.items() if k not in STAGES}
     merged = {section: dict(values) for section, values in shared.items() if isinstance(values, dict)}
     for key in shared:
@@ -196,22 +204,70 @@ def build_stage(raw: dict[str, Any], section_types: dict[str, type] | None = Non
             cfg.model_config()  # validate now: a bad model key fails before any work
             continue
         current = getattr(cfg, section, None) or types[section]()
-        setattr(cfg, section, _update(current, values, section))
+        setattr(cfg, section, update_section(current, values, section))
+    check_train(cfg.train)
     return cfg
+
+
+SCHEDULES = ("cosine", "wsd", "constant")
+NAN_ACTIONS = ("auto", "skip", "rollback")
+
+
+def check_train(train: TrainConfig) -> None:
+    """Out-of-range [train] values fail when the config is read, not steps into a run."""
+    betas = train.betas
+    checks = [
+        ("steps", train.steps >= 1, ">= 1"),
+        ("lr", train.lr >= 0, ">= 0"),
+        ("min_lr_ratio", 0 <= train.min_lr_ratio <= 1, "in [0, 1]"),
+        ("warmup_steps", train.warmup_steps >= 0, ">= 0"),
+        ("schedule", train.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        ("decay_fraction", 0 <= train.decay_fraction <= 1, "in [0, 1]"),
+        ("weight_decay", train.weight_decay >= 0, ">= 0"),
+        ("betas", len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+         "two numbers in [0, 1)"),
+        ("grad_clip", train.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+        ("grad_accum", train.grad_accum >= 1, ">= 1"),
+        ("save_every", train.save_every >= 0, ">= 0 (0: only the final checkpoint)"),
+        ("keep_last", train.keep_last >= 1, ">= 1"),
+        ("eval_every", train.eval_every >= 0, ">= 0 (0: only at the end)"),
+        ("eval_batches", train.eval_batches >= 1, ">= 1"),
+        ("log_every", train.log_every >= 1, ">= 1"),
+        ("max_bad_steps", train.max_bad_steps >= 1, ">= 1"),
+        ("nan_action", train.nan_action in NAN_ACTIONS, f"one of {', '.join(NAN_ACTIONS)}"),
+        ("threads", train.threads >= 0, ">= 0 (0: torch's default)"),
+    ]
+    for name, ok, requirement in checks:
+        if not ok:
+            raise UserError(f"train.{name} must be {requirement}, got {getattr(train, name)!r}")
 
 
 def same_config(recorded: dict[str, Any] | None, cfg: StageConfig) -> bool:
     """Whether a run recorded with `recorded` (a `to_dict()`) may continue under `cfg`: every setting equal, a
     setting the record lacks (added by a later version of frugal-r1) counting as its default."""
+    return not config_differences(recorded, cfg)
+
+
+def config_differences(recorded: dict[str, Any] | None, cfg: StageConfig) -> list[str]:
+    """The settings (`section.key`) in which `cfg` differs from a recorded `to_dict()`; see `same_config`."""
     if not isinstance(recorded, dict):
-        return False
+        return ["the whole config (none recorded)"]
     try:
-        return build_stage(recorded).to_dict() == cfg.to_dict()
-    except UserError:  # a setting this version no longer knows
-        return False
+        before = build_stage(recorded).to_dict()
+    except UserError as error:  # a setting this version no longer knows
+        return [f"a setting this version cannot read ({error})"]
+    changed = []
+    for section, values in cfg.to_dict().items():
+        old = before.get(section) or {}
+        changed += [f"{section}.{key}" for key in sorted(set(values) | set(old)) if values.get(key) != old.get(key)]
+    return changed
 
 
-def _update(obj: Any, values: dict[str, Any], section: str) -> Any:
+def update_section(obj: Any, values: dict[str, Any], section: str) -> Any:
+    """The dataclass `obj` with the recipe table `values` applied, each value checked against its field's type;
+    unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise UserError(f"[{section}] must be a table of settings, got {values!r}")
     hints = get_type_hints(type(obj))
     known = {f.name for f in dataclasses.fields(obj)}
     unknown = sorted(set(values) - known)

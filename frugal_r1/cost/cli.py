@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not 0 < value <= 1:
             raise UserError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+    if args.price_per_hour is not None and args.price_per_hour < 0:
+        raise UserError(f"--price-per-hour must be >= 0, got {args.price_per_hour}")
+    if args.measure_seconds <= 0:
+        raise UserError(f"--measure-seconds must be > 0, got {args.measure_seconds}")
     if args.recipe is not None:
         if args.view:
             raise UserError(f"give either a view ({args.view}) or --recipe, not both")

@@ -115,28 +115,44 @@ class Hardware:
                 "source": self.source, **self.details}
 
 
-def _from_toml(name: str, entry: dict[str, Any], origin: str) -> Hardware:
+def _from_toml(name: str, entry: Any, origin: str) -> Hardware:
+    where = f"{origin}: [{name}]"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} must be a table of settings, got {entry!r}")
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
-        raise UserError(f"{origin}: [{name}] has unknown key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(_FIELDS))}")
+        raise UserError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
     missing = [key for key in ("peak_tflops", "memory_gb", "power_w", "usd_per_hour") if key not in entry]
     if missing:
-        raise UserError(f"{origin}: [{name}] is missing {', '.join(missing)}")
-    optional = {key: entry[key] * 1e9 for key in ("memory_bandwidth_gbs", "interconnect_gbs") if key in entry}
+        raise UserError(f"{where} is missing {', '.join(missing)}")
+
+    def number(key: str, value: Any, *, zero: bool = False, most: float | None = None) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+        if not ok or (most is not None and value > most):
+            bound = f"{'>= 0' if zero else '> 0'}{f' and <= {most:g}' if most is not None else ''}"
+            raise UserError(f"{where} {key} must be a number {bound}, got {value!r}")
+        return float(value)
+
+    def table(key: str, value: Any, most: float | None = None) -> dict[str, float]:
+        if not isinstance(value, dict) or not value:
+            raise UserError(f"{where} {key} must be a table by precision, e.g. {{ bf16 = 989, fp32 = 67 }}")
+        return {str(k): number(f"{key}.{k}", v, most=most) for k, v in value.items()}
+
+    optional = {key: number(key, entry[key]) * 1e9 for key in ("memory_bandwidth_gbs", "interconnect_gbs")
+                if key in entry}
     mfu = entry.get("mfu", DEFAULT_MFU)
-    by_precision = {str(k): float(v) for k, v in mfu.items()} if isinstance(mfu, dict) else {}
+    by_precision = table("mfu", mfu, most=1) if isinstance(mfu, dict) else {}
     return Hardware(
         name=name,
-        peak_flops={precision: float(tflops) * 1e12 for precision, tflops in entry["peak_tflops"].items()},
-        memory_bytes=int(entry["memory_gb"] * 10**9),
-        power_w=float(entry["power_w"]),
-        usd_per_hour=float(entry["usd_per_hour"]),
+        peak_flops={precision: tflops * 1e12 for precision, tflops in table("peak_tflops", entry["peak_tflops"]).items()},
+        memory_bytes=int(number("memory_gb", entry["memory_gb"]) * 10**9),
+        power_w=number("power_w", entry["power_w"]),
+        usd_per_hour=number("usd_per_hour", entry["usd_per_hour"], zero=True),
         memory_bandwidth=optional.get("memory_bandwidth_gbs"),
         interconnect=optional.get("interconnect_gbs"),
-        mfu=DEFAULT_MFU if by_precision else float(mfu),
+        mfu=DEFAULT_MFU if by_precision else number("mfu", mfu, most=1),
         mfu_by_precision=by_precision,
-        generation_mfu=float(entry.get("generation_mfu", DEFAULT_GENERATION_MFU)),
+        generation_mfu=number("generation_mfu", entry.get("generation_mfu", DEFAULT_GENERATION_MFU), most=1),
         source=str(entry.get("source", origin)),
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 from frugal_r1.errors import UserError
@@ -34,6 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail before the model loads, not after, when the server could not listen at host:port (a port in use,
+    a host name that does not resolve)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise UserError(f"--host {host}: {error.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own socket
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise UserError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -45,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     if args.max_batch_rows < 1 or args.batch_window_ms < 0:
         raise UserError("--max-batch-rows must be >= 1 and --batch-window-ms >= 0")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    check_address(args.host, args.port)
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = load_backend(args.model, backend=args.backend)

@@ -25,14 +25,13 @@ import dataclasses
 import json
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
-from frugal_r1.recipe import StageConfig, load_stage, same_config
+from frugal_r1.recipe import StageConfig, load_stage, parse_recipe, same_config, update_section
 from frugal_r1.speedrun.compare import check_runs
 from frugal_r1.speedrun import timings
 
@@ -52,12 +51,22 @@ class SpeedrunConfig:
 
 
 def load_speedrun_config(path: Path) -> SpeedrunConfig:
-    raw = tomllib.loads(path.read_text()).get("speedrun", {})
-    known = {f.name for f in dataclasses.fields(SpeedrunConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) in [speedrun]: {', '.join(unknown)}")
-    return SpeedrunConfig(**raw)
+    """The recipe's [speedrun] table, each value checked before hours of training, not after."""
+    table = parse_recipe(path).get("speedrun", {})
+    try:
+        settings = update_section(SpeedrunConfig(), table, "speedrun")
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    budgets = settings.eval_task_max_new_tokens
+    checks = [(settings.eval_n >= 1 and settings.eval_samples >= 1 and settings.eval_batch_size >= 1,
+               "eval_n, eval_samples and eval_batch_size must be >= 1"),
+              (settings.eval_max_new_tokens >= 1 and all(isinstance(n, int) and n >= 1 for n in budgets.values()),
+               "eval_max_new_tokens and every eval_task_max_new_tokens must be whole numbers >= 1"),
+              (settings.examples >= 0, "examples must be >= 0")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{path}: [speedrun] {message}")
+    return settings
 
 
 def scaled(cfg: StageConfig, factor: float) -> StageConfig:
@@ -71,12 +80,21 @@ def scaled(cfg: StageConfig, factor: float) -> StageConfig:
 
 
 def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str]) -> dict[str, StageConfig]:
+    from frugal_r1.train.grpo import validate_rl
+
     factor = minutes / BUDGET_MINUTES
     configs = {}
     for stage in ("pretrain", "sft", "grpo"):
-        cfg = load_stage(stage, recipe, [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")])
+        try:
+            cfg = load_stage(stage, recipe, [o.split(":", 1)[1] for o in overrides if o.startswith(stage + ":")])
+        except UserError as error:
+            raise UserError(f"{stage}: {error}") from None
         cfg.train.seed = seed
         configs[stage] = scaled(cfg, factor)
+    try:
+        validate_rl(configs["grpo"].rl)
+    except UserError as error:
+        raise UserError(f"grpo: {error}") from None
     return configs
 
 
@@ -111,17 +129,17 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     from frugal_r1.train.run import run_lm_stage
 
     recipe = Path(recipe) if recipe else DEFAULT_RECIPE
-    if not recipe.is_file():
-        raise UserError(f"recipe {recipe} not found")
+    settings = load_speedrun_config(recipe)
     if minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
     compared = check_runs(list(compare))  # before hours of training, not after
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a directory")
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out {out} exists and is not empty; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    settings = load_speedrun_config(recipe)
     configs = stage_configs(recipe, seed, minutes, list(overrides))
+    out.mkdir(parents=True, exist_ok=True)
     plan = {"seed": seed, "minutes": minutes, "recipe": str(recipe), "overrides": list(overrides),
             "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
     plan_path = out / "speedrun.json"

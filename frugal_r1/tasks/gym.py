@@ -39,13 +39,11 @@ def gym_names() -> list[str]:
 def unknown_task_error(name: str) -> UserError:
     """An error for a name that is neither a reasoning-gym dataset nor `jsonl:PATH`, with close matches."""
     close = difflib.get_close_matches(name, gym_names(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
     if name.endswith((".jsonl", ".json")):
-        hint = f"did you mean jsonl:{name}? "
-    return UserError(
-        f"unknown task {name!r}: {hint}(a task is a reasoning-gym dataset name, e.g. countdown, "
-        "or jsonl:PATH for a JSONL file)"
-    )
+        hint = f"; did you mean jsonl:{name}?"
+    return UserError(f"unknown task {name!r}{hint} (a task is a reasoning-gym dataset name, e.g. countdown, "
+                     "or jsonl:PATH for a JSONL file)")
 
 
 def number_rule(question: str) -> str:

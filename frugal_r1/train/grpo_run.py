@@ -18,14 +18,15 @@ from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.device import resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
-from frugal_r1.recipe import StageConfig, same_config
+from frugal_r1.recipe import StageConfig
 from frugal_r1.train.corpus import open_tasks
 from frugal_r1.train.grpo import GRPOStage
 from frugal_r1.train.loop import RunStopped, Trainer
 from frugal_r1.train.policy import Policy
-from frugal_r1.train.run import StageResult, prepare_out_dir
+from frugal_r1.train.run import StageResult, check_resume, no_empty_out_on_refusal, prepare_out_dir
 
 
+@no_empty_out_on_refusal
 def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False, user_rewards=None) -> StageResult:
     info = dist.setup(cfg.train.device)
     if cfg.train.threads:
@@ -36,9 +37,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     out_dir = prepare_out_dir(out, resume) if info.is_main else Path(out)
     dist.barrier(info)
     if resume:
-        saved = json.loads((out_dir / "run_config.json").read_text())
-        if not same_config(saved.get("config"), cfg) or saved.get("init") != init:
-            raise UserError(f"--resume: the config differs from the one {out_dir} was started with")
+        check_resume(out_dir, cfg, init)
     seed = cfg.train.seed
     torch.manual_seed(seed)
     policy = Policy.load(init)

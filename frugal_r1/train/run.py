@@ -8,6 +8,8 @@ with `--resume`; otherwise the command refuses rather than overwrite it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.model.transformer import DeepSeekV3
 from frugal_r1.precision import module_uses_bf16
-from frugal_r1.recipe import StageConfig, same_config
+from frugal_r1.recipe import StageConfig, config_differences
 from frugal_r1.tokenizer import (encode_pretrain_document, encode_sft_example, load_tokenizer, save_tokenizer,
                                  train_tokenizer)
 from frugal_r1.train.corpus import open_tasks, pretrain_documents, sft_pairs
@@ -39,6 +41,17 @@ class StageResult:
     ledger: dict
 
 
+def check_resume(out_dir: Path, cfg: StageConfig, init: str | None) -> None:
+    """A run continues only under the settings and --init it was started with; else say which differ."""
+    saved = json.loads((out_dir / "run_config.json").read_text())
+    changed = config_differences(saved.get("config"), cfg)
+    if saved.get("init") != init:
+        changed.append(f"--init (was {saved.get('init')})")
+    if changed:
+        raise UserError(f"--resume: {out_dir} was started with other settings: {', '.join(changed)} "
+                        f"(see {out_dir / 'run_config.json'})")
+
+
 def prepare_out_dir(out: str | Path, resume: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -51,6 +64,25 @@ def prepare_out_dir(out: str | Path, resume: bool) -> Path:
     return out
 
 
+def no_empty_out_on_refusal(run):
+    """Decorate a stage's run function (it takes `out`): when it refuses with a UserError before writing anything,
+    the --out directory it created is removed again, so a corrected command can use the same --out."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        out = Path(inspect.signature(run).bind(*args, **kwargs).arguments["out"])
+        existed = out.exists()
+        try:
+            return run(*args, **kwargs)
+        except UserError:
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+
+    return wrapper
+
+
+@no_empty_out_on_refusal
 def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = False,
                  init: str | None = None) -> StageResult:
     """kind is "pretrain" or "sft"."""
@@ -61,10 +93,7 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     out_dir = prepare_out_dir(out, resume) if info.is_main else Path(out)
     dist.barrier(info)
     if resume:
-        saved = json.loads((out_dir / "run_config.json").read_text())
-        if not same_config(saved.get("config"), cfg) or saved.get("init") != init:
-            raise UserError(f"--resume: the config differs from the one {out_dir} was started with "
-                            f"(see {out_dir / 'run_config.json'})")
+        check_resume(out_dir, cfg, init)
     if kind == "sft" and (init is None or not Path(init).is_dir()):
         raise UserError(f"--init {init} is not a model directory" if init else "sft needs --init MODEL_DIR")
     seed = cfg.train.seed
@@ -174,6 +203,9 @@ def apply_common_flags(cfg: StageConfig, args) -> StageConfig:
         cfg.train.seed = args.seed
     if getattr(args, "save_every", None) is not None:
         cfg.train.save_every = args.save_every
-    if os.environ.get("FRUGAL_R1_THREADS"):
-        cfg.train.threads = int(os.environ["FRUGAL_R1_THREADS"])
+    threads = os.environ.get("FRUGAL_R1_THREADS")
+    if threads:
+        if not threads.isdigit():
+            raise UserError(f"FRUGAL_R1_THREADS must be a whole number >= 0, got {threads!r}")
+        cfg.train.threads = int(threads)
     return cfg
