@@ -9,6 +9,7 @@ checkpointed stage state — and each batch moves to the device just before its 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -33,6 +34,16 @@ def resolve_device(setting: str = "auto", local_rank: int = 0, what: str = "trai
                             f"{torch.cuda.device_count() - 1}")
         return torch.device("cuda", int(index))
     raise UserError(f"{what} must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", not {setting!r}")
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """The device's total memory in bytes: the GPU's, or this machine's RAM for the CPU (0 when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -72,6 +72,8 @@ def files(tmp_path: Path) -> Path:
     (["cost", "deepseek-v3", "--price-per-hour", "-5"], "--price-per-hour must be >= 0"),
     (["pretrain", "--out", "{tmp}/run", "--task", "chain_sun"], "unknown task 'chain_sun'; did you mean chain_sum"),
     (["demo", "--steps", "0"], "--steps must be >= 1"),
+    (["pretrain", "--out", "{tmp}/run", "--preset", "deepseek-v3-671b", "--steps", "1", "--set",
+      "data.tokenizer_documents=20"], "GB for its weights, gradients and AdamW state; cpu has"),
 ])
 def test_mistake_gets_one_line_and_exit_2(argv, message, files, capsys):
     assert main([a.replace("{tmp}", str(files)) for a in argv]) == 2

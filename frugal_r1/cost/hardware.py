@@ -28,7 +28,6 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
 from __future__ import annotations
 
 import difflib
-import os
 import time
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -264,10 +263,11 @@ def _affordable_size(dtype, largest: int, budget: float, smallest: int = 256) ->
 
 
 def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    import torch
+
+    from frugal_r1.device import device_memory_bytes
+
+    return device_memory_bytes(torch.device("cpu"))
 
 
 def cpu_profile(seconds: float = 2.0) -> Hardware:

@@ -166,6 +166,14 @@ def read_model_config(path: str | Path, what: str = "") -> dict:
     return values
 
 
+def read_deepseek_config(path: str | Path, what: str = "") -> ModelConfig:
+    """The ModelConfig of a DeepSeek-V3 model directory (ours or transformers'), one-line errors when it has none."""
+    try:
+        return ModelConfig.from_hf_dict(read_model_config(path, what))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: {error}") from None
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of model.safetensors, or of the shards a model.safetensors.index.json lists."""
     index = path / "model.safetensors.index.json"
@@ -192,11 +200,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
     from frugal_r1.model.transformer import DeepSeekV3
 
     path = Path(path)
-    values = read_model_config(path)
-    try:
-        cfg = ModelConfig.from_hf_dict(values)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path / 'config.json'}: {error}") from None
+    cfg = read_deepseek_config(path)
     tensors = read_tensors(path)
     first_mtp = f"model.layers.{cfg.num_hidden_layers}."
     if cfg.num_nextn_predict_layers and not any(k.startswith(first_mtp) for k in tensors):

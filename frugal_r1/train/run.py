@@ -20,9 +20,11 @@ import torch
 from frugal_r1 import dist
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.data import Packer
-from frugal_r1.device import resolve_device
+from frugal_r1.device import device_memory_bytes, resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
+from frugal_r1.model.config import ModelConfig
+from frugal_r1.model.hf import read_deepseek_config
 from frugal_r1.model.transformer import DeepSeekV3
 from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import StageConfig, config_differences
@@ -64,6 +66,21 @@ def prepare_out_dir(out: str | Path, resume: bool) -> Path:
     return out
 
 
+def check_fits(model_cfg: ModelConfig, device: torch.device, hardware) -> None:
+    """Refuse, before building it, a model whose fp32 weights, gradients and AdamW state alone exceed the device's
+    memory (the 671B preset on a laptop), instead of swapping the machine to a halt."""
+    from frugal_r1.cost.planner import memory_fit
+    from frugal_r1.model.flops import count_parameters
+
+    available = device_memory_bytes(device)
+    fit = memory_fit(model_cfg, hardware, precision="fp32")
+    needed = fit.parameters + fit.gradients + fit.optimizer
+    if available and needed > available:
+        total = count_parameters(model_cfg).total_with_mtp
+        raise UserError(f"a {total / 1e9:,.2f}B-parameter model needs {needed / 1e9:,.0f} GB for its weights, "
+                        f"gradients and AdamW state; {device} has {available / 1e9:,.0f} GB")
+
+
 def no_empty_out_on_refusal(run):
     """Decorate a stage's run function (it takes `out`): when it refuses with a UserError before writing anything,
     the --out directory it created is removed again, so a corrected command can use the same --out."""
@@ -101,6 +118,11 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     eval_seed = seed + cfg.data.eval_seed_offset
     eval_tasks = open_tasks(cfg.data, eval_seed)
 
+    # Measure this machine's peak before the prefetch thread starts competing for the cores.
+    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
+                                device_type=device.type)
+    check_fits(cfg.model_config(vocab_size=cfg.data.vocab_size) if kind == "pretrain"
+               else read_deepseek_config(init, "--init "), device, hardware)
     tokenizer = _tokenizer(kind, cfg, out_dir, init, tasks, seed, info)
     if kind == "pretrain":
         torch.manual_seed(seed)
@@ -123,10 +145,6 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     if cfg.data.seq_len > model_cfg.max_position_embeddings:
         raise UserError(f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings "
                         f"{model_cfg.max_position_embeddings}")
-
-    # Measure this machine's peak before the prefetch thread starts competing for the cores.
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
-                                device_type=device.type)
     split = kind == "pretrain" and cfg.data.split_documents
     packer = Packer(source, cfg.data.seq_len, cfg.data.batch_size, seed=seed, split=split,
                     drop_long=cfg.data.drop_long, pad_id=tokenizer.pad_token_id, rank=info.rank,
