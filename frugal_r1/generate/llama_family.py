@@ -18,7 +18,11 @@ Python than in arithmetic (mask construction, a growing `DynamicCache`, output d
 - a decode step's attention is one fused SDPA call per layer, each row's g query heads per kv head laid along
   the query axis. Keeping each prompt's keys once and scoring prompt and completion keys separately (the
   earlier layout) took ~15 small ops a layer: 132 vs 86 µs at 4 prompts × 8 rows × 100 prompt tokens, 261 vs
-  210 µs at 8 × 8 × 128, even (1.22 vs 1.26 ms) at 8 × 16 × 300 with 300 generated (2-vCPU Xeon, 2026-12-05);
+  210 µs at 8 × 8 × 128, even (1.22 vs 1.26 ms) at 8 × 16 × 300 with 300 generated (2-vCPU Xeon, 2026-12-05).
+  Tried and not kept (2-core AVX2 EPYC, 2026-12-07): two matmuls and a softmax instead of the fused call, a whole
+  bench_grpo generation 0.229 vs 0.254 s (same tokens), but 12.7 vs 10.1 ms a call at 64 rows × 7 query heads per
+  kv head × 1,000 keys, where the fused kernel wins; decoding half the rows on each of two Python threads with one
+  torch thread each, 0.266 vs 0.233 s (the interpreter lock serialises the ~80 small ops a step);
 - cos/sin come from the model's own `rotary_emb`, so every static RoPE type transformers implements
   (default, linear, llama3, yarn, …) is computed by transformers itself;
 - logits only for the last position;
