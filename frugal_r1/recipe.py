@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,9 +182,11 @@ def read_recipe(path: str | Path, stage: str) -> dict[str, Any]:
     recipe = parse_recipe(path)
     shared = {k: v for k, v in recipe.items() if k not in STAGES}
     merged = {section: dict(values) for section, values in shared.items() if isinstance(values, dict)}
-    for key in shared:
+    for key, values in shared.items():
         if key not in SECTIONS and key not in ("speedrun",):
             raise UserError(f"{path}: unknown section [{key}]; expected {_names(list(SECTIONS) + list(STAGES))}")
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: [{key}] must be a table of settings, got {key} = {values!r}")
     for section, values in recipe.get(stage, {}).items():
         if not isinstance(values, dict):
             raise UserError(f"{path}: [{stage}] must contain tables like [{stage}.train], got key {section!r}")
@@ -200,12 +203,15 @@ def build_stage(raw: dict[str, Any], section_types: dict[str, type] | None = Non
     cfg = StageConfig()
     for section, values in raw.items():
         if section == "model":
+            if not isinstance(values, dict):
+                raise UserError(f"[model] must be a table of settings, got {values!r}")
             cfg.model = {**cfg.model, **values}
             cfg.model_config()  # validate now: a bad model key fails before any work
             continue
         current = getattr(cfg, section, None) or types[section]()
         setattr(cfg, section, update_section(current, values, section))
     check_train(cfg.train)
+    check_ledger(cfg.ledger)
     return cfg
 
 
@@ -218,7 +224,7 @@ def check_train(train: TrainConfig) -> None:
     betas = train.betas
     checks = [
         ("steps", train.steps >= 1, ">= 1"),
-        ("lr", train.lr >= 0, ">= 0"),
+        ("lr", math.isfinite(train.lr) and train.lr >= 0, "a finite number >= 0"),
         ("min_lr_ratio", 0 <= train.min_lr_ratio <= 1, "in [0, 1]"),
         ("warmup_steps", train.warmup_steps >= 0, ">= 0"),
         ("schedule", train.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
@@ -226,12 +232,12 @@ def check_train(train: TrainConfig) -> None:
         ("weight_decay", train.weight_decay >= 0, ">= 0"),
         ("betas", len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
          "two numbers in [0, 1)"),
-        ("grad_clip", train.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+        ("grad_clip", math.isfinite(train.grad_clip) and train.grad_clip >= 0, "a finite number >= 0 (0: no clipping)"),
         ("grad_accum", train.grad_accum >= 1, ">= 1"),
         ("save_every", train.save_every >= 0, ">= 0 (0: only the final checkpoint)"),
-        ("keep_last", train.keep_last >= 1, ">= 1"),
+        ("keep_last", train.keep_last >= 0, ">= 0 (0: keep every checkpoint)"),
         ("eval_every", train.eval_every >= 0, ">= 0 (0: only at the end)"),
-        ("eval_batches", train.eval_batches >= 1, ">= 1"),
+        ("eval_batches", train.eval_batches >= 0, ">= 0 (0: no held-out loss)"),
         ("log_every", train.log_every >= 1, ">= 1"),
         ("max_bad_steps", train.max_bad_steps >= 1, ">= 1"),
         ("nan_action", train.nan_action in NAN_ACTIONS, f"one of {', '.join(NAN_ACTIONS)}"),
@@ -240,6 +246,13 @@ def check_train(train: TrainConfig) -> None:
     for name, ok, requirement in checks:
         if not ok:
             raise UserError(f"train.{name} must be {requirement}, got {getattr(train, name)!r}")
+
+
+def check_ledger(ledger: LedgerConfig) -> None:
+    for name in ("price_per_hour", "power_watts"):
+        value = getattr(ledger, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"ledger.{name} must be a finite number >= 0, got {value!r}")
 
 
 def same_config(recorded: dict[str, Any] | None, cfg: StageConfig) -> bool:

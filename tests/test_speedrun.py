@@ -103,7 +103,7 @@ def test_toy_speedrun_end_to_end(tmp_path):
     assert "## What more time buys" in (out / "report.md").read_text()
     assert (out / "accuracy_vs_minutes_runs.png").stat().st_size > 1000
     changed = speedrun("--config", str(copy), "--out", str(out), "--resume", "--set", "pretrain:train.lr=0.002")
-    assert changed.returncode == 2 and "other settings" in changed.stderr
+    assert changed.returncode == 2 and "other settings: pretrain: train.lr" in changed.stderr
 
 
 def test_minutes_scale_every_stage():

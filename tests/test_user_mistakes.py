@@ -35,6 +35,7 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "bad.toml").write_text("x = [\n")
     (tmp_path / "speedrun_int.toml").write_text("speedrun = 3\n")
     (tmp_path / "speedrun_str.toml").write_text('[speedrun]\neval_n = "abc"\n')
+    (tmp_path / "train_int.toml").write_text("train = 5\n")
     (tmp_path / "hardware.toml").write_text('[mine]\npeak_tflops = "fast"\nmemory_gb = 80\npower_w = 700\n'
                                             "usd_per_hour = 2\n")
     return tmp_path
@@ -63,7 +64,7 @@ def files(tmp_path: Path) -> Path:
     (["speedrun", "--out", "{tmp}/a_file"], "--out {tmp}/a_file is a file"),
     (["speedrun", "--out", "{tmp}/run", "--set", "grpo:rl.eval_n=0"], "grpo: rl.eval_n and rl.eval_samples must be"),
     (["speedrun", "--out", "{tmp}/run", "--set", "grpo:foo"], "grpo: --set 'foo'"),
-    (["pretrain", "--out", "{tmp}/run", "--set", "train.lr=-1"], "train.lr must be >= 0, got -1.0"),
+    (["pretrain", "--out", "{tmp}/run", "--set", "train.lr=-1"], "train.lr must be a finite number >= 0, got -1.0"),
     (["pretrain", "--out", "{tmp}/run", "--set", "train.log_every=0"], "train.log_every must be >= 1"),
     (["pretrain", "--out", "{tmp}/run", "--set", "train.schedule='linear'"], "train.schedule must be one of"),
     (["pretrain", "--out", "{tmp}/run", "--set", "train.grad_accum=0"], "train.grad_accum must be >= 1"),
@@ -72,6 +73,10 @@ def files(tmp_path: Path) -> Path:
     (["cost", "deepseek-v3", "--price-per-hour", "-5"], "--price-per-hour must be >= 0"),
     (["pretrain", "--out", "{tmp}/run", "--task", "chain_sun"], "unknown task 'chain_sun'; did you mean chain_sum"),
     (["demo", "--steps", "0"], "--steps must be >= 1"),
+    (["pretrain", "--out", "{tmp}/run", "--save-every", "-2"], "train.save_every must be >= 0"),
+    (["pretrain", "--out", "{tmp}/run", "--set", "ledger.price_per_hour=-1"], "ledger.price_per_hour must be"),
+    (["pretrain", "--out", "{tmp}/run", "--config", "{tmp}/train_int.toml"], "[train] must be a table of settings"),
+    (["grpo", "--init", "{tmp}/bad_weights", "--out", "{tmp}/run", "--set", "rl.top_p=0"], "rl.top_p in (0, 1]"),
     (["pretrain", "--out", "{tmp}/run", "--preset", "deepseek-v3-671b", "--steps", "1", "--set",
       "data.tokenizer_documents=20"], "GB for its weights, gradients and AdamW state; cpu has"),
 ])
@@ -81,6 +86,11 @@ def test_mistake_gets_one_line_and_exit_2(argv, message, files, capsys):
     assert message.replace("{tmp}", str(files)) in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (files / "run").exists()  # nothing left behind by a refused run
+
+
+def test_values_with_a_meaning_at_zero_are_still_accepted():
+    cfg = load_stage("pretrain", overrides=["train.keep_last=0", "train.eval_batches=0", "train.save_every=0"])
+    assert (cfg.train.keep_last, cfg.train.eval_batches) == (0, 0)  # keep every checkpoint; no held-out loss
 
 
 def test_threads_from_the_environment_must_be_a_number(files, capsys, monkeypatch):

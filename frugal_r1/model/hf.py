@@ -170,7 +170,7 @@ def read_deepseek_config(path: str | Path, what: str = "") -> ModelConfig:
     """The ModelConfig of a DeepSeek-V3 model directory (ours or transformers'), one-line errors when it has none."""
     try:
         return ModelConfig.from_hf_dict(read_model_config(path, what))
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
         raise CheckpointError(f"{Path(path) / 'config.json'}: {error}") from None
 
 
@@ -182,6 +182,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
                  else ["model.safetensors"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{index}: not a safetensors index ({type(error).__name__}: {error})") from None
+    if not all(isinstance(file, str) for file in files):
+        raise CheckpointError(f"{index}: weight_map values must be file names")
     tensors = {}
     for file in files:
         if not (path / file).exists():

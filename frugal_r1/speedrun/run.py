@@ -31,7 +31,7 @@ from typing import Any
 
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.errors import UserError
-from frugal_r1.recipe import StageConfig, load_stage, parse_recipe, same_config, update_section
+from frugal_r1.recipe import StageConfig, config_differences, load_stage, parse_recipe, update_section
 from frugal_r1.speedrun.compare import check_runs
 from frugal_r1.speedrun import timings
 
@@ -143,8 +143,10 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     plan = {"seed": seed, "minutes": minutes, "recipe": str(recipe), "overrides": list(overrides),
             "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
     plan_path = out / "speedrun.json"
-    if resume and plan_path.exists() and not _same_settings(json.loads(plan_path.read_text()), plan, configs):
-        raise UserError(f"--resume: {out} was started with other settings (see {plan_path})")
+    if resume and plan_path.exists():
+        changed = _changed_settings(json.loads(plan_path.read_text()), plan, configs)
+        if changed:
+            raise UserError(f"--resume: {out} was started with other settings: {', '.join(changed)} (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
     if not all(_finished(out / name) for name in configs):
         print(predicted_line(configs, minutes))
@@ -176,17 +178,16 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     return summary
 
 
-def _same_settings(recorded: dict[str, Any], plan: dict[str, Any], configs: dict[str, StageConfig]) -> bool:
-    """Whether a run may continue under `plan`: every resolved setting equal, a setting the record lacks (added
-    by a later version of frugal-r1) counting as its default. The recipe's path is recorded, not compared, so a
-    run continues from another checkout of the same recipe."""
+def _changed_settings(recorded: dict[str, Any], plan: dict[str, Any], configs: dict[str, StageConfig]) -> list[str]:
+    """What keeps a run from continuing under `plan` (empty: nothing): every resolved setting must be equal, a
+    setting the record lacks (added by a later version of frugal-r1) counting as its default. The recipe's path
+    is recorded, not compared, so a run continues from another checkout of the same recipe."""
     stages = recorded.get("stages", {})
-    if set(stages) != set(configs) or not all(same_config(stages[name], cfg) for name, cfg in configs.items()):
-        return False
-    defaults = dataclasses.asdict(SpeedrunConfig())
-    recorded = {**recorded, "speedrun": {**defaults, **recorded.get("speedrun", {})}}
-    ignored = ("recipe", "stages")
-    return {k: v for k, v in recorded.items() if k not in ignored} == {k: v for k, v in plan.items() if k not in ignored}
+    changed = [f"{name}: {setting}" for name, cfg in configs.items()
+               for setting in config_differences(stages.get(name), cfg)]
+    speedrun = {**dataclasses.asdict(SpeedrunConfig()), **recorded.get("speedrun", {})}
+    changed += [f"speedrun.{key}" for key, value in plan["speedrun"].items() if speedrun.get(key) != value]
+    return changed + [key for key in ("seed", "minutes", "overrides") if recorded.get(key) != plan[key]]
 
 
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig) -> dict[str, Any]:

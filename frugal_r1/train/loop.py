@@ -35,7 +35,7 @@ from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger
 from frugal_r1.metrics import MetricsWriter
 from frugal_r1.precision import use_bf16
-from frugal_r1.recipe import TrainConfig
+from frugal_r1.recipe import SCHEDULES, TrainConfig
 
 
 class RunStopped(UserError):
@@ -72,7 +72,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         if step < decay_start:
             return 1.0
         return floor + (1 - floor) * (1 - (step - decay_start) / decay_steps)
-    raise UserError(f"train.schedule: unknown schedule {cfg.schedule!r}; choose cosine, wsd or constant")
+    raise UserError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
 
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")

@@ -8,6 +8,7 @@ with `--resume`; otherwise the command refuses rather than overwrite it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -22,12 +23,13 @@ from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.data import Packer
 from frugal_r1.device import device_memory_bytes, resolve_device
 from frugal_r1.errors import UserError
+from frugal_r1.cost.hardware import Hardware
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.hf import read_deepseek_config
 from frugal_r1.model.transformer import DeepSeekV3
 from frugal_r1.precision import module_uses_bf16
-from frugal_r1.recipe import StageConfig, config_differences
+from frugal_r1.recipe import StageConfig, check_train, config_differences
 from frugal_r1.tokenizer import (encode_pretrain_document, encode_sft_example, load_tokenizer, save_tokenizer,
                                  train_tokenizer)
 from frugal_r1.train.corpus import open_tasks, pretrain_documents, sft_pairs
@@ -66,7 +68,7 @@ def prepare_out_dir(out: str | Path, resume: bool) -> Path:
     return out
 
 
-def check_fits(model_cfg: ModelConfig, device: torch.device, hardware) -> None:
+def check_fits(model_cfg: ModelConfig, device: torch.device, hardware: Hardware) -> None:
     """Refuse, before building it, a model whose fp32 weights, gradients and AdamW state alone exceed the device's
     memory (the 671B preset on a laptop), instead of swapping the machine to a halt."""
     from frugal_r1.cost.planner import memory_fit
@@ -92,8 +94,10 @@ def no_empty_out_on_refusal(run):
         try:
             return run(*args, **kwargs)
         except UserError:
-            if not existed and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
+            if not existed:
+                with contextlib.suppress(OSError):  # every rank of a torchrun refuses alike; one removes it
+                    if not any(out.iterdir()):
+                        out.rmdir()
             raise
 
     return wrapper
@@ -223,7 +227,8 @@ def apply_common_flags(cfg: StageConfig, args) -> StageConfig:
         cfg.train.save_every = args.save_every
     threads = os.environ.get("FRUGAL_R1_THREADS")
     if threads:
-        if not threads.isdigit():
+        if not (threads.isascii() and threads.isdigit()):
             raise UserError(f"FRUGAL_R1_THREADS must be a whole number >= 0, got {threads!r}")
         cfg.train.threads = int(threads)
+    check_train(cfg.train)  # the flags' values too
     return cfg
