@@ -59,6 +59,12 @@ Design choices:
   (examples/search_errors.py --prompt pretrain --samples 1), new against current: right 14 vs 23, a right path
   composed wrongly 8 vs 18, out of tokens 46 vs 29, first-step `left` lists right 50% vs 82%. Fewer composition
   errors but a weaker search at this seed: no evidence either way, not kept.
+  Also tried (2026-12-07): no solver path the model cannot imitate — each row's trace is the first of up to 20
+  searches (fresh order and budget each) that finds the answer itself, the solver path only when none does (traces
+  18% shorter). countdown alone, 2,000 steps, seed 0, 100 held-out problems, greedy (examples/search_errors.py
+  --prompt pretrain --samples 1), new against current: right 2 vs 5; a wrong fact 45 vs 12 — the fact before
+  `found` written to equal the target (`57+38=95`) —, out of tokens 35 vs 62, `left` lists right 29% / 23% vs
+  48% / 35%. The model still claims a hit after a few tries; the claim moved from `found` into the arithmetic.
 - The answer uses every given number once (countdown's scorer requires all of them, puzzle24's too),
   with spaces around operators and parentheses wherever the search's grouping differs from reading left
   to right (`8 * 3 * (9 / 9)`), so the check line, which recomputes the answer in reading order, repeats
