@@ -167,3 +167,11 @@ def test_scaled_speedrun_projection_within_30_percent_of_its_ledgers(tmp_path):
     for stage in ("pretrain", "sft", "grpo"):
         measured = report["ledgers"][stage]["wall_seconds"]
         assert report["predicted"][stage]["seconds"] == pytest.approx(measured, rel=0.30), stage
+
+
+def test_prediction_counts_only_the_stages_still_to_run():
+    from frugal_r1.speedrun.run import predicted_line
+
+    configs = stage_configs(DEFAULT_RECIPE, 0, 30, ["pretrain:ledger.hardware='cpu'"])
+    line = predicted_line(configs, 30, done=("pretrain",))
+    assert "still to run (pretrain finished)" in line and "(sft " in line and "pretrain 1" not in line

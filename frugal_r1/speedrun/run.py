@@ -98,9 +98,9 @@ def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str])
     return configs
 
 
-def predicted_line(configs: dict[str, StageConfig], minutes: float) -> str:
-    """The planner's time for each training stage on this machine, said before the run starts (the report sets
-    the same projection beside the ledgers after it); the evaluations are not priced."""
+def predicted_line(configs: dict[str, StageConfig], minutes: float, done: tuple[str, ...] = ()) -> str:
+    """The planner's time for each training stage still to run (not in `done`) on this machine, said before the
+    run starts (the report sets the same projection beside the ledgers after it); the evaluations are not priced."""
     from frugal_r1.cost.run_recipe import project_run
     from frugal_r1.device import resolve_device
     from frugal_r1.ledger import resolve_hardware
@@ -109,12 +109,14 @@ def predicted_line(configs: dict[str, StageConfig], minutes: float) -> str:
     try:
         hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
                                     device_type=resolve_device(cfg.train.device).type)
-        stages = project_run(configs, cfg.model_config(vocab_size=cfg.data.vocab_size), hardware)
+        stages = project_run({name: c for name, c in configs.items() if name not in done},
+                             cfg.model_config(vocab_size=cfg.data.vocab_size), hardware)
     except Exception as error:  # a prediction must never stop the run
         return f"[speedrun] no time prediction: {error}"
     total = sum(s.seconds for s in stages.values()) / 60
     parts = ", ".join(f"{name} {s.seconds / 60:.1f}" for name, s in stages.items())
-    return (f"[speedrun] predicted on {hardware.name}: training {total:.1f} min ({parts}) plus two held-out "
+    left = f" still to run ({', '.join(done)} finished)" if done else ""
+    return (f"[speedrun] predicted on {hardware.name}: training{left} {total:.1f} min ({parts}) plus two held-out "
             f"evaluations, against a budget of {minutes:g} min for everything")
 
 
@@ -148,8 +150,9 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         if changed:
             raise UserError(f"--resume: {out} was started with other settings: {', '.join(changed)} (see {plan_path})")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
-    if not all(_finished(out / name) for name in configs):
-        print(predicted_line(configs, minutes))
+    done = tuple(name for name in configs if _finished(out / name))
+    if len(done) < len(configs):
+        print(predicted_line(configs, minutes, done))
 
     def stage(name: str, fn) -> None:
         directory = out / name
