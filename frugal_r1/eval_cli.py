@@ -89,6 +89,7 @@ def check_writable_file(path: Path, flag: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from frugal_r1.device import resolve_device
     from frugal_r1.eval import console_for_stdout, evaluate
     from frugal_r1.generate import load_backend
 
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--examples must be >= 0, got {args.examples}")
     if args.json:
         check_writable_file(Path(args.json), "--json")
+    resolve_device(args.device, what="--device")  # a bad --device is named as the flag, before the model loads
     for name, value in (("--n", args.n), ("--samples", args.samples), ("--max-new-tokens", args.max_new_tokens),
                         ("--batch-size", args.batch_size)):
         if value < 1:
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task_config = parse_task_config(args.task_config, recipe_config)
-    backend = load_backend(args.model, backend=args.backend, device=args.device, device_flag="--device")
+    backend = load_backend(args.model, backend=args.backend, device=args.device)
     report = evaluate(backend, tasks, n=args.n, samples=args.samples, temperature=args.temperature,
                       top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.sampling_seed,
                       prompt_format=args.prompt_format, task_seed=args.seed, task_config=task_config,

@@ -211,11 +211,14 @@ def build_stage(raw: dict[str, Any], section_types: dict[str, type] | None = Non
         current = getattr(cfg, section, None) or types[section]()
         setattr(cfg, section, update_section(current, values, section))
     check_train(cfg.train)
+    check_rl(cfg.rl)
     check_ledger(cfg.ledger)
     return cfg
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
+ADVANTAGE_SCALES = ("group", "batch", "none")  # [rl] advantage_scale; grpo_loss.py computes each
+AGGREGATIONS = ("sequence", "token", "constant")  # [rl] aggregation
 NAN_ACTIONS = ("auto", "skip", "rollback")
 
 
@@ -246,6 +249,30 @@ def check_train(train: TrainConfig) -> None:
     for name, ok, requirement in checks:
         if not ok:
             raise UserError(f"train.{name} must be {requirement}, got {getattr(train, name)!r}")
+
+
+def check_rl(rl: RLConfig) -> None:
+    """Out-of-range [rl] values fail when the config is read, before any model loads."""
+    checks = [
+        (rl.aggregation in AGGREGATIONS, f"rl.aggregation must be one of {', '.join(AGGREGATIONS)}"),
+        (rl.advantage_scale in ADVANTAGE_SCALES, f"rl.advantage_scale must be one of {', '.join(ADVANTAGE_SCALES)}"),
+        (rl.overlong in ("none", "mask", "penalty"), "rl.overlong must be none, mask or penalty"),
+        (rl.on_collapse in ("stop", "rollback"), "rl.on_collapse must be stop or rollback"),
+        (rl.group_size >= 2, "rl.group_size must be >= 2 (advantages compare completions of one prompt)"),
+        (rl.prompts_per_step >= 1 and rl.updates >= 1, "rl.prompts_per_step and rl.updates must be >= 1"),
+        (rl.beta >= 0 and 0 <= rl.epsilon_low < 1 and rl.epsilon_high >= 0, "rl.beta and rl.epsilon_* out of range"),
+        (rl.max_new_tokens >= 1 and rl.max_sampling_rounds >= 1, "rl.max_new_tokens and rl.max_sampling_rounds must be >= 1"),
+        (rl.temperature > 0 and 0 < rl.top_p <= 1, "rl.temperature must be > 0 and rl.top_p in (0, 1]"),
+        (rl.prompt_format in ("chat", "r1_zero"), "rl.prompt_format must be chat or r1_zero"),
+        (rl.eval_n >= 1 and rl.eval_samples >= 1, "rl.eval_n and rl.eval_samples must be >= 1"),
+        (min(rl.samples_every, rl.samples_count, rl.overlong_buffer) >= 0, "rl.samples_every, rl.samples_count and "
+         "rl.overlong_buffer must be >= 0"),
+        (min(rl.entropy_floor, rl.length_floor, rl.gate_bias_speed) >= 0, "rl.entropy_floor, rl.length_floor and "
+         "rl.gate_bias_speed must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
 
 
 def check_ledger(ledger: LedgerConfig) -> None:

@@ -126,9 +126,11 @@ def _from_toml(name: str, entry: Any, origin: str) -> Hardware:
         raise UserError(f"{where} is missing {', '.join(missing)}")
 
     def number(key: str, value: Any, *, zero: bool = False, most: float | None = None) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
-        if not ok or (most is not None and value > most):
-            bound = f"{'>= 0' if zero else '> 0'}{f' and <= {most:g}' if most is not None else ''}"
+        """`value` as a float: a number above 0 (or at least 0 with `zero`), and at most `most` if given."""
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value >= 0 if zero else value > 0) and (most is None or value <= most)
+        if not ok:
+            bound = (">= 0" if zero else "> 0") + (f" and <= {most:g}" if most is not None else "")
             raise UserError(f"{where} {key} must be a number {bound}, got {value!r}")
         return float(value)
 
@@ -262,16 +264,11 @@ def _affordable_size(dtype, largest: int, budget: float, smallest: int = 256) ->
     return min(n, largest)
 
 
-def _memory_bytes() -> int:
+def cpu_profile(seconds: float = 2.0) -> Hardware:
+    """This machine as a `Hardware` profile (see the module docstring for the power and price figures)."""
     import torch
 
     from frugal_r1.device import device_memory_bytes
-
-    return device_memory_bytes(torch.device("cpu"))
-
-
-def cpu_profile(seconds: float = 2.0) -> Hardware:
-    """This machine as a `Hardware` profile (see the module docstring for the power and price figures)."""
     from frugal_r1.precision import cpu_class
 
     peak = measure_cpu_peak(seconds)
@@ -279,7 +276,7 @@ def cpu_profile(seconds: float = 2.0) -> Hardware:
     return Hardware(
         name="cpu",
         peak_flops=dict(peak.flops),
-        memory_bytes=_memory_bytes(),
+        memory_bytes=device_memory_bytes(torch.device("cpu")),
         power_w=CPU_WATTS_PER_CORE * peak.threads,
         usd_per_hour=CPU_USD_PER_CORE_HOUR * peak.threads,
         mfu=min(calibration.training.values()),

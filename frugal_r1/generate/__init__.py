@@ -29,8 +29,7 @@ from frugal_r1.generate.hf_backend import HFBackend
 from frugal_r1.model.hf import read_model_config
 
 
-def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", device_flag: str = "train.device",
-                 **kwargs: Any) -> Backend:
+def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu", **kwargs: Any) -> Backend:
     """A backend for the model directory: "frugal" (our DeepSeek-V3), "hf" (transformers) or "auto"
     (ours for model_type deepseek_v3, transformers otherwise), its model on `device` (a `train.device` setting:
     auto, cpu, cuda, cuda:N). kwargs go to the backend's from_pretrained."""
@@ -38,7 +37,7 @@ def load_backend(path: str | Path, *, backend: str = "auto", device: str = "cpu"
 
     path = Path(path)
     config = read_model_config(path)
-    where = resolve_device(device, what=device_flag)
+    where = resolve_device(device)
     if backend == "auto":
         backend = "frugal" if config.get("model_type") == "deepseek_v3" else "hf"
     if backend == "frugal":

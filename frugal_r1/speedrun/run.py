@@ -80,8 +80,6 @@ def scaled(cfg: StageConfig, factor: float) -> StageConfig:
 
 
 def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str]) -> dict[str, StageConfig]:
-    from frugal_r1.train.grpo import validate_rl
-
     factor = minutes / BUDGET_MINUTES
     configs = {}
     for stage in ("pretrain", "sft", "grpo"):
@@ -91,10 +89,6 @@ def stage_configs(recipe: Path, seed: int, minutes: float, overrides: list[str])
             raise UserError(f"{stage}: {error}") from None
         cfg.train.seed = seed
         configs[stage] = scaled(cfg, factor)
-    try:
-        validate_rl(configs["grpo"].rl)
-    except UserError as error:
-        raise UserError(f"grpo: {error}") from None
     return configs
 
 

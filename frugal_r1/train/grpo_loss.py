@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-ADVANTAGE_SCALES = ("group", "batch", "none")
-AGGREGATIONS = ("sequence", "token", "constant")
+from frugal_r1.recipe import ADVANTAGE_SCALES, AGGREGATIONS
 
 
 def advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:

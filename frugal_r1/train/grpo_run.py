@@ -20,7 +20,7 @@ from frugal_r1.errors import UserError
 from frugal_r1.ledger import Ledger, resolve_hardware
 from frugal_r1.recipe import StageConfig
 from frugal_r1.train.corpus import open_tasks
-from frugal_r1.train.grpo import GRPOStage, validate_rl
+from frugal_r1.train.grpo import GRPOStage
 from frugal_r1.train.loop import RunStopped, Trainer
 from frugal_r1.train.policy import Policy
 from frugal_r1.train.run import StageResult, check_resume, no_empty_out_on_refusal, prepare_out_dir
@@ -28,7 +28,6 @@ from frugal_r1.train.run import StageResult, check_resume, no_empty_out_on_refus
 
 @no_empty_out_on_refusal
 def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False, user_rewards=None) -> StageResult:
-    validate_rl(cfg.rl)  # before minutes of loading a model, not after
     info = dist.setup(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
