@@ -57,8 +57,9 @@ Design choices:
   step first (`Check 24 = 24 * 1 = (17 + 7) * 1 = (10 + 7 + 7) * 1. Uses 10 7 7 1.`), instead of recomputing it.
   puzzle24 alone, 2,000 steps, seed 0, 100 of the speedrun's held-out problems, greedy
   (examples/search_errors.py --prompt pretrain --samples 1), new against current: right 14 vs 23, a right path
-  composed wrongly 8 vs 18, out of tokens 46 vs 29, first-step `left` lists right 50% vs 82%. Fewer composition
-  errors but a weaker search at this seed: no evidence either way, not kept.
+  composed wrongly 8 vs 18, out of tokens 46 vs 29, first-step `left` lists right 50% vs 82%. Seeds 1 and 2, one
+  probe at a time: right 19 vs 18 and 24 vs 15, composed wrongly 21 vs 23 and 12 vs 19. Over the three seeds
+  right 57 vs 56, composed wrongly 41 vs 60: a third fewer composition errors and no more right answers; not kept.
   Also tried (2026-12-07): no solver path the model cannot imitate — each row's trace is the first of up to 20
   searches (fresh order and budget each) that finds the answer itself, the solver path only when none does (traces
   18% shorter). countdown alone, 2,000 steps, seed 0, 100 held-out problems, greedy (examples/search_errors.py
