@@ -14,7 +14,8 @@ from frugal_r1.traces.search_errors import read_search
 HIT = "48-21=27, left 41 15 27.\n41-27=14, left 15 14: 15+14=29, 15-14=1, none is 43.\nWait, back to 48 21 41 15.\n"
 WIN = "48-41=7, left 21 15 7.\n21+15=36, left 7 36: 36+7=43, found 43.\n"
 HEAD = "Numbers 48 21 41 15, target 43.\n"
-TAIL = "Check 48 - 41 + (21 + 15) = 43: 48-41=7, 21+15=36, 7+36=43. Uses 48 41 21 15.\n</think>\n<answer>x</answer>"
+TAIL = ("Check 48-41=7 is 48 - 41, 21+15=36 is 21 + 15, 36+7=43 is 21 + 15 + (48 - 41). Uses 21 15 48 41.\n"
+        "</think>\n<answer>x</answer>")
 
 
 def _read(search: str, tail: str = TAIL):

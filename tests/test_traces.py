@@ -102,6 +102,19 @@ def test_search_traces_backtrack(name, failed, backed_up):
 
 
 @pytest.mark.parametrize("name", ["countdown", "puzzle24"])
+def test_the_check_line_builds_the_answer_forward_along_the_winning_path(name):
+    for row, trace in _traces(name):
+        search, check = trace.split("\nCheck ")
+        clauses, uses = check.split("\n")[0].rsplit(". Uses ", 1)
+        for clause in clauses.split(", "):
+            fact, expression = clause.split(" is ")
+            assert f"\n{fact}," in search or f" {fact}, found" in search, (fact, trace)  # a step of the search
+            assert _value(ast.parse(expression, mode="eval")) == int(fact.rsplit("=", 1)[1]), (clause, trace)
+        assert expression == TRACE_RE.fullmatch(trace).group(2), trace  # the last expression is the answer
+        assert sorted(map(int, uses[:-1].split())) == sorted(row["metadata"]["numbers"]), trace
+
+
+@pytest.mark.parametrize("name", ["countdown", "puzzle24"])
 def test_search_order_depends_on_rng(name):
     rows = [row for row, _ in _traces(name)[:30]]
     varied = 0
