@@ -45,6 +45,12 @@ def resolve_hardware(name: str = "auto", price_per_hour: float | None = None, po
     return hardware
 
 
+def stage_hardware(ledger, device_type: str) -> Hardware:
+    """The profile a stage's [ledger] table (recipe.LedgerConfig) names, with its price and power overrides,
+    for a run on `device_type`."""
+    return resolve_hardware(ledger.hardware, ledger.price_per_hour, ledger.power_watts, device_type=device_type)
+
+
 @dataclass
 class Ledger:
     hardware: Hardware

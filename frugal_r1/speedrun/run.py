@@ -97,12 +97,11 @@ def predicted_line(configs: dict[str, StageConfig], minutes: float, done: tuple[
     run starts (the report sets the same projection beside the ledgers after it); the evaluations are not priced."""
     from frugal_r1.cost.run_recipe import project_run
     from frugal_r1.device import resolve_device
-    from frugal_r1.ledger import resolve_hardware
+    from frugal_r1.ledger import stage_hardware
 
     cfg = configs["pretrain"]
     try:
-        hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
-                                    device_type=resolve_device(cfg.train.device).type)
+        hardware = stage_hardware(cfg.ledger, resolve_device(cfg.train.device).type)
         stages = project_run({name: c for name, c in configs.items() if name not in done},
                              cfg.model_config(vocab_size=cfg.data.vocab_size), hardware)
     except Exception as error:  # a prediction must never stop the run

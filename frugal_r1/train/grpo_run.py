@@ -17,7 +17,7 @@ from frugal_r1 import dist
 from frugal_r1.atomic import atomic_write_bytes
 from frugal_r1.device import resolve_device
 from frugal_r1.errors import UserError
-from frugal_r1.ledger import Ledger, resolve_hardware
+from frugal_r1.ledger import Ledger, stage_hardware
 from frugal_r1.recipe import StageConfig
 from frugal_r1.train.corpus import open_tasks
 from frugal_r1.train.grpo import GRPOStage
@@ -49,8 +49,7 @@ def run_grpo(cfg: StageConfig, out: str | Path, init: str, resume: bool = False,
     eval_tasks = open_tasks(cfg.data, seed + cfg.data.eval_seed_offset)
     stage = GRPOStage(policy, cfg.rl, cfg.train.grad_accum, tasks, eval_tasks, seed, out_dir, info, reference,
                       user_rewards, bf16=cfg.train.bf16, task_weights=cfg.data.task_weights)
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
-                                device_type=device.type)
+    hardware = stage_hardware(cfg.ledger, device.type)
     ledger = Ledger(hardware, precision="bf16" if stage.bf16 else "fp32", devices=info.world_size)
     if info.is_main and not resume:
         record = {"stage": "grpo", "init": init, "config": cfg.to_dict(), "policy": policy.kind,

@@ -24,7 +24,7 @@ from frugal_r1.data import Packer
 from frugal_r1.device import device_memory_bytes, resolve_device
 from frugal_r1.errors import UserError
 from frugal_r1.cost.hardware import Hardware
-from frugal_r1.ledger import Ledger, resolve_hardware
+from frugal_r1.ledger import Ledger, stage_hardware
 from frugal_r1.model.config import ModelConfig
 from frugal_r1.model.hf import read_deepseek_config
 from frugal_r1.model.transformer import DeepSeekV3
@@ -123,8 +123,7 @@ def run_lm_stage(kind: str, cfg: StageConfig, out: str | Path, resume: bool = Fa
     eval_tasks = open_tasks(cfg.data, eval_seed)
 
     # Measure this machine's peak before the prefetch thread starts competing for the cores.
-    hardware = resolve_hardware(cfg.ledger.hardware, cfg.ledger.price_per_hour, cfg.ledger.power_watts,
-                                device_type=device.type)
+    hardware = stage_hardware(cfg.ledger, device.type)
     check_fits(cfg.model_config(vocab_size=cfg.data.vocab_size) if kind == "pretrain"
                else read_deepseek_config(init, "--init "), device, hardware)
     tokenizer = _tokenizer(kind, cfg, out_dir, init, tasks, seed, info)
