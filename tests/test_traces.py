@@ -16,7 +16,9 @@ from frugal_r1.errors import UserError
 from frugal_r1.tasks import load_task
 from frugal_r1.traces import TRACE_TASKS, make_trace
 from frugal_r1.traces.__main__ import TASK_CONFIGS
-from frugal_r1.traces.arithmetic import add_columns, add_sub, divide, evaluate, multiply, sub_columns, tokenize
+from frugal_r1.traces.arithmetic import (
+    add_columns, add_sub, compare, divide, evaluate, multiply, sub_columns, tokenize,
+)
 from frugal_r1.traces.search import _solvable, render
 
 TRACE_RE = re.compile(r"<think>\n(.+)\n</think>\n<answer>([^<>\n]+)</answer>", re.S)
@@ -132,8 +134,8 @@ def test_chain_sum_six_four_digit_terms_fit_the_evaluation_budget():
     traces = [make_trace("chain_sum", row, random.Random(0)) for row in task]
     tokenizer = train_tokenizer(traces, 2048)
     lengths = [len(tokenizer(t)["input_ids"]) for t in traces]
-    # the rewritten chain makes these ~430 tokens; the speedrun evaluates with 1,152 new tokens
-    assert max(lengths) < 520 and sum(lengths) / len(lengths) < 450
+    # the rewritten chain makes these ~480 tokens; the speedrun evaluates with 1,152 new tokens
+    assert max(lengths) < 640 and sum(lengths) / len(lengths) < 520
 
 
 def test_leg_counting_takes_each_animal_in_the_questions_words_and_rewrites_the_rest():
@@ -150,7 +152,7 @@ def test_leg_counting_takes_each_animal_in_the_questions_words_and_rewrites_the_
 
 def test_column_arithmetic_is_written_as_documented():
     assert add_columns(4821, 397) == "1+7=8, 2+9=11, 8+3+1=12, 4+0+1=5"
-    assert sub_columns(5218, 397) == "8-7=1, 11-9=2, 12-3-1=8, 5-0-1=4"
+    assert sub_columns(5218, 397) == "8-7=1, 1-9<0 so 11-9=2, 2-3-1<0 so 12-3-1=8, 5-0-1=4"
     lines, value = multiply(-57, 59)
     assert value == -3363 and lines == [
         "-57 * 59 = -(57 * 59)",
@@ -162,12 +164,31 @@ def test_column_arithmetic_is_written_as_documented():
     ]
     assert divide(1278, 18) == (["1278 / 18: 127/18=7 r1, 18/18=1 r0, so 71"], 71)
     assert evaluate(tokenize("2 - -1")) == (["2 - -1", "2 - -1 = 2 + 1: 2+1=3, so 3"], 3)
-    assert evaluate(tokenize("4 - 1 - 7"), rewrite=False)[0] == ["4 - 1: 4-1=3, so 3", "3 - 7 = -(7 - 3): 7-3=4, so -4"]
+    assert evaluate(tokenize("4 - 1 - 7"), rewrite=False)[0] == [
+        "4 - 1, 4>1: 4-1=3, so 3", "3 - 7, 3<7 so -(7 - 3): 7-3=4, so -4"]
+
+
+def test_a_subtraction_compares_and_borrows_only_after_writing_the_digits_it_decides_on():
+    assert compare(4276, 4685) == "4=4, 2<6" and compare(397, 5218) == "0<5" and compare(45, 45) == "4=4, 5=5"
+    assert add_sub(-127, "+", 73) == (["-127 + 73 = 73 - 127, 0<1 so -(127 - 73): 7-3=4, 2-7<0 so 12-7=5, "
+                                       "1-0-1=0, so -54"], -54)
+    assert add_sub(9852, "-", 2648)[0] == ["9852 - 2648, 9>2: 2-8<0 so 12-8=4, 5-4-1=0, 8-6=2, 9-2=7, so 7204"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        a, b = sorted((rng.randrange(10 ** rng.randint(1, 4)), rng.randrange(10 ** rng.randint(1, 4))), reverse=True)
+        top, bottom, borrow = str(a)[::-1], str(b)[::-1].ljust(len(str(a)), "0"), 0
+        for column, x, y in zip(sub_columns(a, b).split(", "), top, bottom):
+            written = f"{x}-{y}{'-1' if borrow else ''}"
+            raw = int(x) - int(y) - borrow
+            assert column == (f"{written}={raw}" if raw >= 0 else f"{written}<0 so 1{written}={raw + 10}")
+            borrow = int(raw < 0)
+        sign = compare(b, a).split(", ")[-1]
+        assert ("<" in sign) == (b < a) and (">" in sign) == (b > a)
 
 
 def test_single_digit_facts_take_the_column_form_and_multi_digit_shortcuts_stay_copies():
     assert multiply(-7, 8) == (["-7 * 8 = -(7 * 8): 7*8=56, so -56"], -56)
-    assert add_sub(0, "-", 7) == (["0 - 7 = -(7 - 0): 7-0=7, so -7"], -7)
+    assert add_sub(0, "-", 7) == (["0 - 7, 0<7 so -(7 - 0): 7-0=7, so -7"], -7)
     assert add_sub(4821, "+", 0) == (["4821 + 0 = 4821"], 4821)
     assert multiply(1, 7) == (["1 * 7 = 7"], 7)
     assert multiply(0, 5) == (["0 * 5 = 0"], 0)

@@ -12,11 +12,23 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   only when the previous column carried (its sum had two digits). Missing digits are written as 0, so
   every column has two operands. The result follows `so`; its digits are the columns' last digits read
   back, the last column's sum written whole (`4821 + 397: 1+7=8, 2+9=11, 8+3+1=12, 4+0+1=5, so 5218`).
-- Subtraction is done only as larger - smaller. A column that must borrow writes its top digit with the
-  10 added (`12-3-1=8`: top 2, bottom 3, borrow 1 from the column before), so whether the next column
-  subtracts 1 is visible in the previous column's first number. A smaller - larger is rewritten first:
-  `397 - 5218 = -(5218 - 397): ...`. Signed operands are rewritten the same way (`2 - -1 = 2 + 1`,
-  `-4821 + 100 = -(4821 - 100)`), so the columns only ever see non-negative numbers.
+- Subtraction columns run larger - smaller, and every decision is written after the digits it depends on,
+  never before them. A column writes its digits and the borrow it owes first (`2-3-1`), then either its
+  value (`=8`) or `<0 so 1{column}={value}` (`2-3-1<0 so 12-3-1=8`): the borrow is decided on digits
+  already on the page, and the next column's `-1` copies it. Which operand is larger is decided the same
+  way: a mixed-sign sum is written as `x - y` with the non-negative operand first (`2 - -1 = 2 + 1`,
+  `-663 + 792 = 792 - 663`), then the two are compared digit by digit from the left, zero-padded, up to the
+  first pair that differs (`4=4, 2<6`; `397 - 5218, 0<5`), and only a `<` swaps them:
+  `583 - 764, 5<7 so -(764 - 583): 4-3=1, 6-8<0 so 16-8=8, 7-5-1=1, so -181`. Same-sign sums are added
+  (`-5 - 3 = -(5 + 3)`), so the columns only ever see non-negative numbers.
+  Why (2026-12-07): the seed-0 SFT model's errors on chain_sum (47 of 260 samples on problems of up to three
+  terms) were wrong borrows (`6-8=2`) and wrong swaps (`62 - 45 = -(45 - 62)`), both decided before the
+  digits they rest on were written (`12-3-1=8` put the borrow's 10 ahead of the comparison it stands for;
+  `397 - 5218 = -(5218 - 397)` swapped before comparing). chain_sum alone, 2,000 pretraining steps of the
+  speedrun recipe, greedy accuracy on 200 held-out problems, old -> new: 68% -> 77% (train.seed=1) and
+  57% -> 78% (train.seed=2), for ~11% more tokens (chain_sum mean 174 -> 193). The whole speedrun (AVX2 EPYC,
+  seed 0, against the same recipe with the old format), pass@1 after GRPO: chain_sum 63.0 -> 92.2,
+  basic_arithmetic 58.4 -> 60.5, mean of the five tasks 47.1 -> 54.1 (docs/speedrun-avx2-subtraction).
   Tried and not kept (2026-12-06): every error of the seed-0 SFT model on chain_sum (93 of 400 samples on 200
   held-out problems) was in a subtraction, 42 a wrong borrow and 39 the operands in the wrong order, so a
   format that decides nothing ahead was tried: operands as they stand, `top-bottom[-1]=raw`, a raw value
@@ -26,7 +38,7 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   SFT, old -> new: chain_sum 74.2 -> 66.1 (seed 0) and 64.8 -> 96.2 (seed 1); basic_arithmetic 60.1 -> 38.5
   and 59.9 -> 55.8; puzzle24 27.4 -> 22.5 and 29.8 -> 25.4; mean 47.6 -> 26.5 and 47.4 -> 52.4. The seed
   moved chain_sum as much as the format did.
-- Two single-digit operands are one column, in the form every multi-digit column takes (`3 - 7 = -(7 - 3):
+- Two single-digit operands are one column, in the form every multi-digit column takes (`3 - 7, 3<7 so -(7 - 3):
   7-3=4, so -4`, `7 * 8: 7*8=56, so 56`), not a spaced fact (`3 - 7 = -(7 - 3) = -4`): a model trained on
   chain_sum alone made 48 of its 60 teacher-forced errors on held-out traces in those spaced facts (3.8% of
   their tokens wrong, against 0.03% of the column sums), the same facts it gets right inside columns. With
@@ -75,17 +87,36 @@ def add_columns(a: int, b: int) -> str:
 
 
 def sub_columns(a: int, b: int) -> str:
-    """`8-7=1, 11-9=2, 12-3-1=8, 5-0-1=4` for a - b (a >= b >= 0); a borrowing column shows top+10."""
+    """`8-7=1, 1-9<0 so 11-9=2, 2-3-1<0 so 12-3-1=8, 5-0-1=4` for a - b (a >= b >= 0).
+
+    A column writes its digits (and the borrow it owes) first; only then whether it must borrow, and if
+    so it is written again with the top digit plus 10.
+    """
     da, db = _digits(a), _digits(b)
     parts, borrow = [], 0
     for i in range(len(da)):
         top = da[i]
         bottom = db[i] if i < len(db) else 0
-        borrow_out = int(top - borrow < bottom)
-        top += 10 * borrow_out
-        parts.append(f"{top}-{bottom}{'-1' if borrow else ''}={top - bottom - borrow}")
-        borrow = borrow_out
+        column = f"{top}-{bottom}{'-1' if borrow else ''}"
+        if top - borrow < bottom:
+            parts.append(f"{column}<0 so 1{column}={top + 10 - bottom - borrow}")
+            borrow = 1
+        else:
+            parts.append(f"{column}={top - bottom - borrow}")
+            borrow = 0
     return ", ".join(parts)
+
+
+def compare(a: int, b: int) -> str:
+    """`4=4, 2<6` for a against b: digits from the left, the shorter number padded with 0s, up to the first
+    pair that differs."""
+    width = max(len(str(a)), len(str(b)))
+    pairs = []
+    for x, y in zip(str(a).zfill(width), str(b).zfill(width)):
+        pairs.append(f"{x}{'<' if x < y else '>' if x > y else '='}{y}")
+        if x != y:
+            break
+    return ", ".join(pairs)
 
 
 def mul_columns(a: int, digit: int) -> str:
@@ -106,20 +137,18 @@ def add_sub(p: int, op: str, q: int) -> tuple[list[str], int]:
     if (q == 0 or p == 0) and not single_digits:
         return [f"{head} = {value}"], value
     addend = q if op == "+" else -q
-    if p >= 0 and addend >= 0:
-        a, core_op, b, negative = p, "+", addend, False
-    elif p < 0 and addend < 0:
-        a, core_op, b, negative = -p, "+", -addend, True
-    elif p >= 0:  # p >= 0 > addend
-        a, core_op, b, negative = (p, "-", -addend, False) if p >= -addend else (-addend, "-", p, True)
-    else:  # p < 0 <= addend
-        a, core_op, b, negative = (addend, "-", -p, False) if addend >= -p else (-p, "-", addend, True)
-    core = f"{a} {core_op} {b}"
-    if negative:
-        core = f"-({core})"
-    line = head if core == head else f"{head} = {core}"
-    columns = add_columns(a, b) if core_op == "+" else sub_columns(a, b)
-    return [f"{line}: {columns}, so {value}"], value
+    if (p >= 0) == (addend >= 0):
+        a, b = abs(p), abs(addend)
+        core = f"{a} + {b}" if p >= 0 else f"-({a} + {b})"
+        line = head if core == head else f"{head} = {core}"
+        return [f"{line}: {add_columns(a, b)}, so {value}"], value
+    x, y = (p, -addend) if p >= 0 else (addend, -p)
+    line = head if f"{x} - {y}" == head else f"{head} = {x} - {y}"
+    line += f", {compare(x, y)}"
+    if x < y:
+        line += f" so -({y} - {x})"
+        x, y = y, x
+    return [f"{line}: {sub_columns(x, y)}, so {value}"], value
 
 
 def _sign_rewrite(p: int, op: str, q: int) -> tuple[str, int, int]:

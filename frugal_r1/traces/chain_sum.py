@@ -4,9 +4,10 @@
 what is left: `4821 + 397: 1+7=8, 2+9=11, 8+3+1=12, 4+0+1=5, so 5218`, `= 5218 - 1200`, and so on (see
 `arithmetic` for the column format). The next operand is always the one right after the running total
 on the line above, and the chain visibly ends when nothing follows it: the model copies from a line it
-has just written instead of pointing into the question. That costs tokens (a 6-term, 4-digit chain is
-~430 tokens instead of ~300) and buys accuracy: pretraining the speedrun's model on chain_sum alone for
-3,000 steps of 2 rows (2026-11-29), greedy held-out accuracy was 67% with the rewrite and 21% without it.
+has just written instead of pointing into the question. That costs tokens (a 6-term, 4-digit chain was
+~430 tokens instead of ~300, in the subtraction format of the time) and buys accuracy: pretraining the
+speedrun's model on chain_sum alone for 3,000 steps of 2 rows (2026-11-29), greedy held-out accuracy was
+67% with the rewrite and 21% without it.
 The chain comes from `metadata["expression"]`.
 """
 
