@@ -64,6 +64,13 @@ Design choices:
   --prompt pretrain --samples 1), new against current: right 2 vs 5; a wrong fact 45 vs 12 — the fact before
   `found` written to equal the target (`57+38=95`) —, out of tokens 35 vs 62, `left` lists right 29% / 23% vs
   48% / 35%. The model still claims a hit after a few tries; the claim moved from `found` into the arithmetic.
+  Also tried (2026-12-07), against the commonest error above (`found` after a try that missed): each last step
+  written with the target beside its result and then the verdict (`72-48=24 vs 43 no`, `57+38=95 vs 95 yes, found
+  95.`; countdown traces 16% longer in characters). countdown alone, 2,000 steps, seed 0, 100 held-out problems,
+  greedy (examples/search_errors.py --prompt pretrain --samples 1), new against current: right 0 vs 0, out of
+  tokens 61 vs 89, closed without a hit 38 vs 7, `left` lists right 20% / 34% vs 30% / 32%. The verdict followed
+  the prior, not the pair (`76-48=43 vs 43 no`: nine tries in ten are misses). Not kept; a countdown-alone probe
+  of this length gets no answer right either way, so it can rank countdown formats only by their errors.
 - The answer uses every given number once (countdown's scorer requires all of them, puzzle24's too),
   with spaces around operators and parentheses wherever the search's grouping differs from reading left
   to right (`8 * 3 * (9 / 9)`). The check line builds it forward along the winning path: each step's fact,
