@@ -28,7 +28,8 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   speedrun recipe, greedy accuracy on 200 held-out problems, old -> new: 68% -> 77% (train.seed=1) and
   57% -> 78% (train.seed=2), for ~11% more tokens (chain_sum mean 174 -> 193). The whole speedrun (AVX2 EPYC,
   seed 0, against the same recipe with the old format), pass@1 after GRPO: chain_sum 63.0 -> 92.2,
-  basic_arithmetic 58.4 -> 60.5, mean of the five tasks 47.1 -> 54.1 (docs/speedrun-avx2-subtraction).
+  basic_arithmetic 58.4 -> 60.5, mean of the five tasks 47.1 -> 54.1 (docs/speedrun-avx2-subtraction); seed 1
+  with the new format: chain_sum 87.2, basic_arithmetic 59.9, mean 52.7.
   Tried and not kept (2026-12-06): every error of the seed-0 SFT model on chain_sum (93 of 400 samples on 200
   held-out problems) was in a subtraction, 42 a wrong borrow and 39 the operands in the wrong order, so a
   format that decides nothing ahead was tried: operands as they stand, `top-bottom[-1]=raw`, a raw value
