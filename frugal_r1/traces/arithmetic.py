@@ -47,6 +47,11 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   from 16% to 30.5% (2026-11-29, examples/probe_pretraining.py).
   A multi-digit operand with a 0 (or, for *, a 1) is still a copy on one line (`4821 + 0 = 4821`).
 - Multiplication by a single digit is columns with a carry that may exceed 1 (`7*9=63, 5*9+6=51, so 513`).
+  Tried and not kept (2026-12-07): the product written before the carry is added (`5*9+6=45+6=51`), since 27 of
+  the seed-0 SFT model's 80 wrong basic_arithmetic samples (100 held-out x 2) first went wrong in such a column
+  (`6*8+5=53` written 59 or 43). basic_arithmetic alone, 2,000 pretraining steps, train.seed=1, greedy on 200
+  held-out: 41% against 44% for the current columns. (46 of the 80 first went wrong rewriting the expression,
+  mostly a sign lost around a negated group: `= -( -68 + 2 )` written `= 68 + 2`.)
   A multi-digit multiplier (the operand with fewer digits, then fewer nonzero digits) is split into its
   nonzero digits (`57 * 59 = 57 * 9 + 57 * 50`), each partial product is its own line (times 10 appends
   a zero), the partials are added with column addition, and a summary line restates the product.
