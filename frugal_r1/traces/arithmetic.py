@@ -103,13 +103,9 @@ def sub_columns(a: int, b: int) -> str:
     for i in range(len(da)):
         top = da[i]
         bottom = db[i] if i < len(db) else 0
-        column = f"{top}-{bottom}{'-1' if borrow else ''}"
-        if top - borrow < bottom:
-            parts.append(f"{column}<0 so 1{column}={top + 10 - bottom - borrow}")
-            borrow = 1
-        else:
-            parts.append(f"{column}={top - bottom - borrow}")
-            borrow = 0
+        column, raw = f"{top}-{bottom}{'-1' if borrow else ''}", top - bottom - borrow
+        parts.append(f"{column}={raw}" if raw >= 0 else f"{column}<0 so 1{column}={raw + 10}")
+        borrow = int(raw < 0)
     return ", ".join(parts)
 
 
