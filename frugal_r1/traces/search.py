@@ -44,6 +44,11 @@ Design choices:
   tokens 14, composed wrongly 2; `left` right 34% / 59%. So the search's bookkeeping fails more often than its
   arithmetic. puzzle24, the seed-0 model: 53 right, 78 out of tokens, and 53 composed wrongly from a right path
   (`7+7=14`, `14+10=24`, `24*1=24, found 24`, answered `7 * (7 + 7 + 10)`); `left` right 74% / 84%.
+  With the current arithmetic (docs/speedrun-avx2-subtraction, seed-0 SFT model, same protocol): countdown 15 of 200
+  right; an operand not on the table 68, missed 41, a fact 34, `left` 22. The operands are mostly numbers nothing
+  made (from 8 36 2: `26+9=35`, then `26-9=17` on the next line): of 69 such first errors in a rerun, 11 on the first
+  step line, 7 right after `Wait, back to ...`, 51 further into the search, where an invented number, once
+  written, is reused.
   Tried and not kept (2026-12-07), each trained on countdown alone (examples/probe_pretraining.py, 2,000 steps,
   seed 0; 100 held-out problems, greedy), with the share of `left` lists right at the first and the second step:
   the list of what is left (these traces) 41% / 47%, greedy accuracy 1%; a table of slots in the question's
