@@ -50,8 +50,8 @@ Design choices (chosen for a ~10-30M model that sees every digit as its own toke
   Tried and not kept (2026-12-07): the product written before the carry is added (`5*9+6=45+6=51`), since 27 of
   the seed-0 SFT model's 80 wrong basic_arithmetic samples (100 held-out x 2) first went wrong in such a column
   (`6*8+5=53` written 59 or 43). basic_arithmetic alone, 2,000 pretraining steps, train.seed=1, greedy on 200
-  held-out: 41% against 44% for the current columns. (46 of the 80 first went wrong rewriting the expression,
-  mostly a sign lost around a negated group: `= -( -68 + 2 )` written `= 68 + 2`.)
+  held-out: 41% against 44% for the current columns. (46 of the 80 first went wrong rewriting the expression;
+  the trial against those is under the order of operations below.)
   A multi-digit multiplier (the operand with fewer digits, then fewer nonzero digits) is split into its
   nonzero digits (`57 * 59 = 57 * 9 + 57 * 50`), each partial product is its own line (times 10 appends
   a zero), the partials are added with column addition, and a summary line restates the product.
