@@ -95,6 +95,7 @@ class RLConfig:
     beta: float = 0.0  # k3 KL weight; 0 loads no reference model
     aggregation: str = "token"  # sequence (GRPO) | token (DAPO) | constant (Dr. GRPO)
     advantage_scale: str = "group"  # group (GRPO) | batch | none (Dr. GRPO)
+    negative_weight: float = 1.0  # λ on negative advantages (W-REINFORCE; 1: GRPO, 0: successes only)
     updates: int = 1  # μ optimizer steps per rollout batch
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
     max_sampling_rounds: int = 3  # dynamic sampling: rollout rounds tried to fill a batch
@@ -257,6 +258,7 @@ def check_rl(rl: RLConfig) -> None:
         (rl.aggregation in AGGREGATIONS, f"rl.aggregation must be one of {', '.join(AGGREGATIONS)}"),
         (rl.advantage_scale in ADVANTAGE_SCALES, f"rl.advantage_scale must be one of {', '.join(ADVANTAGE_SCALES)}"),
         (rl.overlong in ("none", "mask", "penalty"), "rl.overlong must be none, mask or penalty"),
+        (0.0 <= rl.negative_weight <= 1.0, "rl.negative_weight must be between 0 and 1"),
         (rl.on_collapse in ("stop", "rollback"), "rl.on_collapse must be stop or rollback"),
         (rl.group_size >= 2, "rl.group_size must be >= 2 (advantages compare completions of one prompt)"),
         (rl.prompts_per_step >= 1 and rl.updates >= 1, "rl.prompts_per_step and rl.updates must be >= 1"),

@@ -122,6 +122,7 @@ def test_length_collapse_stops_with_a_message(tiny_frugal, tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("rl.aggregation=mean", "rl.aggregation must be one of"),
     ("rl.group_size=1", "rl.group_size must be >= 2"),
+    ("rl.negative_weight=1.5", "rl.negative_weight must be between 0 and 1"),
     ("rl.rewards={ accuracy = 1.0, vibes = 1.0 }", "unknown reward 'vibes'"),
 ])
 def test_bad_rl_config(tiny_frugal, tmp_path, setting, message):

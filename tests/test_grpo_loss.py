@@ -21,6 +21,14 @@ def test_advantages_by_hand():
         [0.5 / (batch_std + eps), -0.5 / (batch_std + eps), 0, 0])
 
 
+def test_negative_weight_scales_only_negative_advantages():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])  # one prompt, G = 4: mean 0.25, std sqrt(0.1875)
+    std = math.sqrt(0.1875) + 1e-4
+    assert advantages(rewards, 4, "group", negative_weight=0.1).tolist() == pytest.approx(
+        [0.75 / std, -0.1 * 0.25 / std, -0.1 * 0.25 / std, -0.1 * 0.25 / std])
+    assert advantages(rewards, 4, "none", negative_weight=0.0).tolist() == pytest.approx([0.75, 0.0, 0.0, 0.0])
+
+
 # Two completions, three token slots each; the second has only two real tokens.
 LOGP = torch.tensor([[-1.0, -0.5, -2.0], [-1.0, -1.5, 0.0]])
 OLD = torch.tensor([[-1.5, -0.5, -1.0], [-0.5, -1.5, 0.0]])  # ratios: e^.5, 1, e^-1 | e^-.5, 1, (pad)

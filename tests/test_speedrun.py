@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,6 +105,21 @@ def test_toy_speedrun_end_to_end(tmp_path):
     assert (out / "accuracy_vs_minutes_runs.png").stat().st_size > 1000
     changed = speedrun("--config", str(copy), "--out", str(out), "--resume", "--set", "pretrain:train.lr=0.002")
     assert changed.returncode == 2 and "other settings: pretrain: train.lr" in changed.stderr
+    # A stage not yet started may take new settings: GRPO removed and rerun with another learning rate from the
+    # same SFT model, and evaluated again.
+    plain = ["--set", "pretrain:ledger.hardware=cpu"]
+    grpo_lr = ["--set", "grpo:train.lr=0.0002"]
+    refused = speedrun("--config", str(copy), "--out", str(out), "--resume", *plain, *grpo_lr)
+    assert refused.returncode == 2 and "other settings: grpo: train.lr" in refused.stderr
+    shutil.rmtree(out / "grpo")
+    rerun = speedrun("--config", str(copy), "--out", str(out), "--resume", *plain, *grpo_lr)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "pretrain: already finished" in rerun.stdout and "sft: already finished" in rerun.stdout
+    assert json.loads((out / "speedrun.json").read_text())["stages"]["grpo"]["train"]["lr"] == 0.0002
+    assert json.loads((out / "eval_grpo.json").read_text())["wall_seconds"] != evaluated["wall_seconds"]
+    shutil.rmtree(out / "sft")
+    orphan = speedrun("--config", str(copy), "--out", str(out), "--resume", *plain, *grpo_lr)
+    assert orphan.returncode == 2 and "remove" in orphan.stderr and "Traceback" not in orphan.stderr
 
 
 def test_minutes_scale_every_stage():

@@ -15,7 +15,9 @@ The stages, each a normal run directory under --out, each rerunnable alone from 
 `--compare DIR` (repeatable) sets other finished speedruns beside this one in the report (compare.py); a
 finished run resumed with it only rewrites its report.
 `--resume` continues: finished stages (those with final/ and ledger.json) are kept, the stage in
-progress resumes from its last checkpoint. An existing non-empty --out is never overwritten silently.
+progress resumes from its last checkpoint. Settings may change only for stages not yet started, so removing
+grpo/ and resuming with another [grpo] reruns GRPO (and its evaluation) from the same SFT model. An existing
+non-empty --out is never overwritten silently.
 Held-out problems come from reasoning-gym seeds disjoint from every training seed (seed + eval offset).
 """
 
@@ -37,6 +39,7 @@ from frugal_r1.speedrun import timings
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "speedrun.toml"
 BUDGET_MINUTES = 30.0
+EVALUATIONS = {"sft": "eval_sft.json", "grpo": "eval_grpo.json"}  # the held-out evaluation of each stage's model
 
 
 @dataclass
@@ -139,9 +142,11 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
             "speedrun": dataclasses.asdict(settings), "stages": {k: v.to_dict() for k, v in configs.items()}}
     plan_path = out / "speedrun.json"
     if resume and plan_path.exists():
-        changed = _changed_settings(json.loads(plan_path.read_text()), plan, configs)
+        _check_continuable(out, configs)
+        changed = _changed_settings(out, json.loads(plan_path.read_text()), plan, configs)
         if changed:
-            raise UserError(f"--resume: {out} was started with other settings: {', '.join(changed)} (see {plan_path})")
+            raise UserError(f"--resume: {out} was started with other settings: {', '.join(changed)} (see {plan_path}; "
+                            f"remove a stage's directory to rerun it with new settings)")
     atomic_write_bytes(plan_path, json.dumps(plan, indent=2).encode())
     done = tuple(name for name in configs if _finished(out / name))
     if len(done) < len(configs):
@@ -152,8 +157,11 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
         if _finished(directory):
             print(f"[speedrun] {name}: already finished, kept")
             return
+        for later in list(configs)[list(configs).index(name):]:
+            if later in EVALUATIONS:  # the evaluation of a model about to change
+                (out / EVALUATIONS[later]).unlink(missing_ok=True)
         tick = time.perf_counter()
-        fn(directory, resume and directory.exists() and any(directory.iterdir()))
+        fn(directory, resume and _started(directory))
         timings.record(out, name, time.perf_counter() - tick)  # kept in timings.json across --resume
 
     stage("pretrain", lambda d, r: run_lm_stage("pretrain", configs["pretrain"], d, resume=r))
@@ -174,16 +182,35 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     return summary
 
 
-def _changed_settings(recorded: dict[str, Any], plan: dict[str, Any], configs: dict[str, StageConfig]) -> list[str]:
-    """What keeps a run from continuing under `plan` (empty: nothing): every resolved setting must be equal, a
-    setting the record lacks (added by a later version of frugal-r1) counting as its default. The recipe's path
-    is recorded, not compared, so a run continues from another checkout of the same recipe."""
-    stages = recorded.get("stages", {})
-    changed = [f"{name}: {setting}" for name, cfg in configs.items()
-               for setting in config_differences(stages.get(name), cfg)]
-    speedrun = {**dataclasses.asdict(SpeedrunConfig()), **recorded.get("speedrun", {})}
-    changed += [f"speedrun.{key}" for key, value in plan["speedrun"].items() if speedrun.get(key) != value]
-    return changed + [key for key in ("seed", "minutes", "overrides") if recorded.get(key) != plan[key]]
+def _started(stage_dir: Path) -> bool:
+    return stage_dir.is_dir() and any(stage_dir.iterdir())
+
+
+def _check_continuable(out: Path, configs: dict[str, StageConfig]) -> None:
+    """A stage that is not finished must have no later stage started: that one was built on the missing one."""
+    names = list(configs)
+    for i, name in enumerate(names):
+        later = [n for n in names[i + 1:] if _started(out / n)]
+        if not _finished(out / name) and later:
+            raise UserError(f"--resume: {out / later[0]} was built on {out / name}, which is not finished; "
+                            f"remove {out / later[0]} too")
+
+
+def _changed_settings(out: Path, recorded: dict[str, Any], plan: dict[str, Any],
+                      configs: dict[str, StageConfig]) -> list[str]:
+    """What keeps a run from continuing under `plan` (empty: nothing): every stage up to the last one started must
+    resolve to the settings recorded for it (a setting the record lacks, added by a later version of frugal-r1,
+    counting as its default), and the evaluation settings must be equal once an evaluation exists. Stages not
+    started may change. The recipe's path is recorded, not compared, so a run continues from another checkout of
+    the same recipe."""
+    stages, names = recorded.get("stages", {}), list(configs)
+    last = max((i for i, name in enumerate(names) if _started(out / name)), default=-1)
+    changed = [f"{name}: {setting}" for name in names[: last + 1]
+               for setting in config_differences(stages.get(name), configs[name])]
+    if any((out / evaluation).exists() for evaluation in EVALUATIONS.values()):
+        speedrun = {**dataclasses.asdict(SpeedrunConfig()), **recorded.get("speedrun", {})}
+        changed += [f"speedrun.{key}" for key, value in plan["speedrun"].items() if speedrun.get(key) != value]
+    return changed
 
 
 def _evaluate_once(path: Path, model_dir: Path, cfg: StageConfig, settings: SpeedrunConfig) -> dict[str, Any]:

@@ -215,7 +215,7 @@ class GRPOStage:
             for name, v in values.items():
                 stats.setdefault(name, []).extend(v)
             rewards = torch.tensor(total)
-            adv = advantages(rewards, rl.group_size, rl.advantage_scale)
+            adv = advantages(rewards, rl.group_size, rl.advantage_scale, negative_weight=rl.negative_weight)
             grouped = rewards.view(-1, rl.group_size)
             zero_std = (grouped.max(dim=1).values == grouped.min(dim=1).values)
             zero_std_groups += int(zero_std.sum())

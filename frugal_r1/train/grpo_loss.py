@@ -6,6 +6,9 @@ For a prompt with G sampled completions o_1…o_G and rewards r_1…r_G:
     A_i = (r_i − mean(r)) / (std over the batch)   advantage_scale = "batch"
     A_i =  r_i − mean(r)                            advantage_scale = "none"    (Dr. GRPO)
 
+and then A_i ← λ·A_i where A_i < 0 (negative_weight λ, W-REINFORCE's weighting of negative samples; 1 is GRPO):
+λ < 1 reinforces the group's successes more than it pushes down its failures.
+
 Per completion token t, with ρ = π_θ(o_t | ·) / π_old(o_t | ·):
 
     ℓ_t = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A) + β·(π_ref/π_θ − log(π_ref/π_θ) − 1)
@@ -31,7 +34,8 @@ import torch
 from frugal_r1.recipe import ADVANTAGE_SCALES, AGGREGATIONS
 
 
-def advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+def advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
+               negative_weight: float = 1.0) -> torch.Tensor:
     """rewards [N·G] laid out group by group -> advantages [N·G]."""
     if scale not in ADVANTAGE_SCALES:
         raise ValueError(f"advantage scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
@@ -41,6 +45,8 @@ def advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps
         centred = centred / (grouped.std(dim=1, unbiased=False, keepdim=True) + eps)
     elif scale == "batch":
         centred = centred / (rewards.float().std(unbiased=False) + eps)
+    if negative_weight != 1.0:
+        centred = torch.where(centred < 0, negative_weight * centred, centred)
     return centred.reshape(-1)
 
 
