@@ -15,9 +15,9 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
   class of AWS m8a.large or GCP c4d-standard-2 in 2025; an assumption, not a quote). Override with
   `--price-per-hour`.
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
-- MFU: by CPU class (AMX; AVX512-BF16 without AMX; AVX2 only: `precision.cpu_class`), calibrated from the speedrun's ledgers on a
-  2-vCPU machine of each class, for training per precision and for generation (the decoder runs fp32 on a
-  CPU, so its figure is against the fp32 peak); see CPU_CALIBRATION. They describe the speedrun's small
+- MFU: by CPU class (AMX; AVX512-BF16 without AMX; AVX2 only: `precision.cpu_class`), calibrated from the
+  speedrun's ledgers on a 2-vCPU machine of each class, for training per precision and for generation (the
+  decoder runs fp32 on a CPU, so its figure is against the fp32 peak); see CPU_CALIBRATION. They describe the speedrun's small
   model: a larger one reaches a larger fraction of the peak.
   Other tenants on the same cores can cut the real figure tenfold; a projection assumes the machine to
   itself.
@@ -60,10 +60,12 @@ CPU_CALIBRATION = {
         "0.198-0.201; SFT in bf16 0.042-0.049 and GRPO's training passes 0.025-0.029 (0.04 kept for both); "
         "rollouts and evaluations 0.044-0.047 of the fp32 peak"),
     "native_bf16": CpuCalibration(
-        {"fp32": 0.45, "bf16": 0.13}, 0.31,
-        "2-vCPU Zen 4 EPYC, 2026-11-28 (width-256 model): pretraining and SFT in bf16 12.8% of the bf16 peak; "
-        "fp32 from benchmarks/bench_train_step.py (47%); GRPO rollouts 3.8% of the bf16 peak (932 GFLOP/s), "
-        "kept against the fp32 peak (111 GFLOP/s): 0.31"),
+        {"fp32": 0.30, "bf16": 0.19}, 0.07,
+        "2-vCPU Zen 4 EPYC with AVX512-BF16 (peaks fp32 194, bf16 419 GFLOP/s), speedruns of 2026-12-08 (width-128 "
+        "model), seeds 0 and 1: pretraining in fp32 0.281-0.328; SFT in bf16 0.233-0.242 and GRPO's training passes "
+        "0.137-0.149 (0.19 kept for both); rollouts and evaluations 0.060-0.076 of the fp32 peak. The figures of "
+        "2026-11-28 (width-256 model, another host: fp32 0.45, bf16 0.13, generation 0.31) had predicted this "
+        "speedrun's pretraining at 15-17 min against 23-24 measured"),
     "emulated_bf16": CpuCalibration(
         {"fp32": 0.30, "bf16": 0.13}, 0.10,
         "2-core AVX2-only EPYC, 2026-11-29 (width-128 model): pretraining in fp32 at 3,760 tokens/s, 0.29-0.30 "
