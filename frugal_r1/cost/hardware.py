@@ -17,8 +17,8 @@ can call it again for free. Assumptions for "cpu", stated here because no datash
 - memory: the machine's MemTotal; memory bandwidth is not measured (None).
 - MFU: by CPU class (AMX; AVX512-BF16 without AMX; AVX2 only: `precision.cpu_class`), calibrated from the
   speedrun's ledgers on a 2-vCPU machine of each class, for training per precision and for generation (the
-  decoder runs fp32 on a CPU, so its figure is against the fp32 peak); see CPU_CALIBRATION. They describe the speedrun's small
-  model: a larger one reaches a larger fraction of the peak.
+  decoder runs fp32 on a CPU, so its figure is against the fp32 peak); see CPU_CALIBRATION. They describe the
+  speedrun's small model: a larger one reaches a larger fraction of the peak.
   Other tenants on the same cores can cut the real figure tenfold; a projection assumes the machine to
   itself.
 - A CPU without native bf16 (AVX2 only) emulates bf16 matmuls ~100x slower than fp32; the measurement

@@ -151,14 +151,15 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
     done = tuple(name for name in configs if _finished(out / name))
     if len(done) < len(configs):
         print(predicted_line(configs, minutes, done))
+    names = list(configs)
 
     def stage(name: str, fn) -> None:
         directory = out / name
         if _finished(directory):
             print(f"[speedrun] {name}: already finished, kept")
             return
-        for later in list(configs)[list(configs).index(name):]:
-            if later in EVALUATIONS:  # the evaluation of a model about to change
+        for later in names[names.index(name):]:  # evaluations of the models about to change
+            if later in EVALUATIONS:
                 (out / EVALUATIONS[later]).unlink(missing_ok=True)
         tick = time.perf_counter()
         fn(directory, resume and _started(directory))
@@ -166,9 +167,9 @@ def run_speedrun(out: str | Path, seed: int = 0, minutes: float = BUDGET_MINUTES
 
     stage("pretrain", lambda d, r: run_lm_stage("pretrain", configs["pretrain"], d, resume=r))
     stage("sft", lambda d, r: run_lm_stage("sft", configs["sft"], d, resume=r, init=str(out / "pretrain" / "final")))
-    eval_sft = _evaluate_once(out / "eval_sft.json", out / "sft" / "final", configs["sft"], settings)
+    eval_sft = _evaluate_once(out / EVALUATIONS["sft"], out / "sft" / "final", configs["sft"], settings)
     stage("grpo", lambda d, r: run_grpo(configs["grpo"], d, init=str(out / "sft" / "final"), resume=r))
-    eval_grpo = _evaluate_once(out / "eval_grpo.json", out / "grpo" / "final", configs["grpo"], settings)
+    eval_grpo = _evaluate_once(out / EVALUATIONS["grpo"], out / "grpo" / "final", configs["grpo"], settings)
 
     final = out / "final"
     if final.exists():
@@ -190,8 +191,10 @@ def _check_continuable(out: Path, configs: dict[str, StageConfig]) -> None:
     """A stage that is not finished must have no later stage started: that one was built on the missing one."""
     names = list(configs)
     for i, name in enumerate(names):
+        if _finished(out / name):
+            continue
         later = [n for n in names[i + 1:] if _started(out / n)]
-        if not _finished(out / name) and later:
+        if later:
             raise UserError(f"--resume: {out / later[0]} was built on {out / name}, which is not finished; "
                             f"remove {out / later[0]} too")
 
