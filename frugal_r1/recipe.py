@@ -116,6 +116,11 @@ class RLConfig:
     # the biases by up to 0.1 in 12 steps and chain_sum fell from 37.2% to 28.7%; the same GRPO weights with the
     # SFT biases put back scored 39.0%.
     gate_bias_speed: float = 0.0
+    # Replay of the SFT traces during RL (InstructGPT's PPO-ptx): the loss adds sft_weight × the token-mean NLL
+    # of sft_rows trace completions per optimizer step, drawn by sft_task_weights (empty: data.task_weights).
+    sft_weight: float = 0.0
+    sft_rows: int = 0
+    sft_task_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,6 +276,8 @@ def check_rl(rl: RLConfig) -> None:
          "rl.overlong_buffer must be >= 0"),
         (min(rl.entropy_floor, rl.length_floor, rl.gate_bias_speed) >= 0, "rl.entropy_floor, rl.length_floor and "
          "rl.gate_bias_speed must be >= 0"),
+        (rl.sft_weight >= 0 and rl.sft_rows >= 0, "rl.sft_weight and rl.sft_rows must be >= 0"),
+        (rl.sft_weight == 0 or rl.sft_rows >= 1, "rl.sft_weight > 0 needs rl.sft_rows >= 1 (traces per step)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -93,7 +93,7 @@ def test_grpo_runs_and_logs_what_users_read(policy, request, tmp_path):
 
 def test_grpo_resume_after_sigkill_is_bit_identical(tiny_frugal, tmp_path):
     args = ["grpo", "--init", str(tiny_frugal), *GRPO, "--steps", "8", "--save-every", "2", "--seed", "5",
-            "--set", "rl.updates=2", "--set", "rl.beta=0.05"]
+            "--set", "rl.updates=2", "--set", "rl.beta=0.05", "--set", "rl.sft_weight=0.5", "--set", "rl.sft_rows=2"]
     run_cli(*args, "--out", str(tmp_path / "straight"))
     process = subprocess.Popen([*CLI, *args, "--out", str(tmp_path / "resumed")], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,6 +123,9 @@ def test_length_collapse_stops_with_a_message(tiny_frugal, tmp_path):
     ("rl.aggregation=mean", "rl.aggregation must be one of"),
     ("rl.group_size=1", "rl.group_size must be >= 2"),
     ("rl.negative_weight=1.5", "rl.negative_weight must be between 0 and 1"),
+    ("rl.sft_weight=0.5", "rl.sft_weight > 0 needs rl.sft_rows >= 1"),
+    ("rl.sft_rows=-1", "rl.sft_weight and rl.sft_rows must be >= 0"),
+    ("rl.sft_task_weights={ countdown = 1.0 }", "rl.sft_task_weights names tasks not in data.tasks: countdown"),
     ("rl.rewards={ accuracy = 1.0, vibes = 1.0 }", "unknown reward 'vibes'"),
 ])
 def test_bad_rl_config(tiny_frugal, tmp_path, setting, message):

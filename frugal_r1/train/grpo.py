@@ -14,6 +14,10 @@ is derived from it, the run seed and the rank), the micro-batches not yet consum
 evaluation; the reference model is reloaded from --init. So a run killed at any moment and resumed ends
 with the same weights as an uninterrupted one.
 
+SFT replay (rl.sft_weight γ > 0, InstructGPT's PPO-ptx): each rollout batch also carries `rl.sft_rows` trace
+examples (the rollout prompt of a task row and its trace completion, as SFT trains on), and the loss adds
+γ × their token-mean NLL, so what RL does not sample keeps the SFT gradient it was trained with.
+
 Health checks that act (the loop calls `health` after every step): entropy or completion length below
 configured floors → stop or roll back; a NaN loss rolls back to the last checkpoint and stops
 (train.nan_action = rollback); held-out accuracy falling while training reward rises → a warning.
@@ -37,7 +41,8 @@ from frugal_r1.precision import module_uses_bf16
 from frugal_r1.recipe import RLConfig
 from frugal_r1.rewards.functions import BUILT_IN, RewardFn, combine, length_penalty
 from frugal_r1.tasks import Task
-from frugal_r1.train.corpus import problem_stream
+from frugal_r1.tokenizer import encode_sft_example
+from frugal_r1.train.corpus import completion_for, problem_stream
 from frugal_r1.train.grpo_loss import advantages, loss_sum, normaliser, token_loss
 from frugal_r1.train.policy import Policy
 from frugal_r1.errors import UserError
@@ -54,6 +59,12 @@ class Rollout:
     ref_logprobs: torch.Tensor | None  # [B, T-1] (β > 0)
     prompt_lengths: torch.Tensor | None = None  # [B] (None in checkpoints from before they were kept)
     lengths: torch.Tensor | None = None  # [B] prompt + completion
+    # SFT replay (rl.sft_weight > 0): this micro-batch's share of the step's trace examples, right-padded, and
+    # the step's trace completion tokens (the NLL's denominator).
+    sft_ids: torch.Tensor | None = None
+    sft_prompt_lengths: torch.Tensor | None = None
+    sft_lengths: torch.Tensor | None = None
+    sft_tokens: int = 0
 
     def to_state(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -68,6 +79,10 @@ class GRPOStage:
                  task_weights: dict[str, float] | None = None):
         self.policy, self.rl, self.grad_accum, self.tasks, self.eval_tasks = policy, rl, grad_accum, tasks, eval_tasks
         self.problem = problem_stream(tasks, task_weights or {}, f"{seed}:grpo")
+        stray = sorted(set(rl.sft_task_weights) - {t.name for t in tasks})
+        if stray:
+            raise UserError(f"rl.sft_task_weights names tasks not in data.tasks: {', '.join(stray)}")
+        self.sft_problem = problem_stream(tasks, rl.sft_task_weights or task_weights or {}, f"{seed}:grpo-sft")
         self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
         self.bf16 = module_uses_bf16(bf16, policy.module)
         self._cpu_bf16 = self.bf16 and module_device(policy.module).type == "cpu"
@@ -112,18 +127,26 @@ class GRPOStage:
         return self.policy.forward_tokens(self.policy.module, batch.input_ids, batch.prompt_lengths, batch.lengths)
 
     def loss(self, model: torch.nn.Module, batch: Rollout, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
-        if batch.input_ids.numel() == 0:
-            return sum(p.sum() for p in model.parameters()) * 0.0, {}
-        logprobs, entropy = self.policy.token_logprobs(model, batch.input_ids, True, batch.prompt_lengths,
-                                                       batch.lengths)
-        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        token = token_loss(logprobs, old, batch.advantages, batch.mask, self.rl.epsilon_low, self.rl.epsilon_high,
-                           self.rl.beta, batch.ref_logprobs)
-        loss = loss_sum(token, batch.mask, self.rl.aggregation) / denominator
-        with torch.no_grad():
-            self._token_stats += torch.stack([token.kl.sum(), (entropy * batch.mask).sum(), token.clipped_low.sum(),
-                                              token.clipped_high.sum(), batch.mask.sum()]).float().cpu()
-        return loss, {}
+        loss, parts = sum(p.sum() for p in model.parameters()) * 0.0, {}
+        if batch.input_ids.numel():
+            logprobs, entropy = self.policy.token_logprobs(model, batch.input_ids, True, batch.prompt_lengths,
+                                                           batch.lengths)
+            old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+            token = token_loss(logprobs, old, batch.advantages, batch.mask, self.rl.epsilon_low,
+                               self.rl.epsilon_high, self.rl.beta, batch.ref_logprobs)
+            loss = loss_sum(token, batch.mask, self.rl.aggregation) / denominator
+            with torch.no_grad():
+                self._token_stats += torch.stack([token.kl.sum(), (entropy * batch.mask).sum(),
+                                                  token.clipped_low.sum(), token.clipped_high.sum(),
+                                                  batch.mask.sum()]).float().cpu()
+        if batch.sft_ids is not None and batch.sft_ids.numel():
+            ids, plen, lengths = batch.sft_ids, batch.sft_prompt_lengths, batch.sft_lengths
+            nll = -self.policy.token_logprobs(model, ids, False, plen, lengths)[0].sum() / batch.sft_tokens
+            loss = loss + self.rl.sft_weight * nll
+            parts["sft_loss"] = nll.item()
+            self._extra_flops += 3 * 2 * _matmul_params(self.policy) * self.policy.forward_tokens(
+                self.policy.module, ids, plen, lengths)
+        return loss, parts
 
     def step_metrics(self, record: dict[str, Any]) -> dict[str, float]:
         kl, entropy, low, high, tokens = (self._token_stats / self._token_stats[4].clamp(min=1)).tolist()
@@ -234,6 +257,8 @@ class GRPOStage:
                 break
         generation = time.perf_counter() - started - scoring
         self.buffer = self._micro_batches(kept[: rl.prompts_per_step * rl.group_size])
+        if rl.sft_weight > 0:
+            self._add_sft_rows(self.buffer)
         trained_rows = sum(len(b.input_ids) for b in self.buffer)
         padded = {"train_length_mean": sum(b.input_ids.numel() for b in self.buffer) / trained_rows} if trained_rows else {}
         self.served = 0
@@ -291,6 +316,32 @@ class GRPOStage:
                 ref = self._frozen_logprobs(self.reference, ids, prompt_lengths, lengths)
             out.append(Rollout(ids, mask, adv, old, ref, prompt_lengths, lengths))
         return out
+
+    def _add_sft_rows(self, buffer: list[Rollout]) -> None:
+        """Give the micro-batches the step's `rl.sft_rows` trace examples (round robin), each a row's prompt as
+        the rollouts write it and its trace completion, cut to the policy's context."""
+        policy, rows = self.policy, self.rl.sft_rows
+        examples = []
+        for k in range(rows):
+            index = (self.rollout_index * self.info.world_size + self.info.rank) * rows + k
+            task, row = self.sft_problem(index)
+            ids, loss_mask = encode_sft_example(policy.tokenizer, policy.prompt(row, self.rl.prompt_format),
+                                                completion_for(task, row, self.seed, index))
+            ids = ids[: policy.context_length]
+            examples.append((ids, min(loss_mask.index(1), len(ids))))
+        tokens = sum(len(ids) - start for ids, start in examples)
+        pad = policy.tokenizer.pad_token_id or 0
+        for i, batch in enumerate(buffer):
+            share = examples[i::len(buffer)]
+            if not share:
+                continue
+            width = max(len(ids) for ids, _ in share)
+            batch.sft_ids = torch.full((len(share), width), pad, dtype=torch.long)
+            for j, (ids, _) in enumerate(share):
+                batch.sft_ids[j, : len(ids)] = torch.tensor(ids)
+            batch.sft_prompt_lengths = torch.tensor([start for _, start in share])
+            batch.sft_lengths = torch.tensor([len(ids) for ids, _ in share])
+            batch.sft_tokens = tokens
 
     @torch.no_grad()
     def _frozen_logprobs(self, model: torch.nn.Module, ids: torch.Tensor, prompt_lengths: torch.Tensor,
