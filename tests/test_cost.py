@@ -155,6 +155,20 @@ def test_grpo_projection_counts_padded_training_and_evaluations():
     assert evaluated.train_flops == plain.train_flops
 
 
+def test_grpo_projection_counts_sft_replay_in_every_update():
+    cfg = preset("tiny")
+    base = dict(prompts=64, prompts_per_step=8, group_size=4, prompt_tokens=20, max_new_tokens=100, updates=2)
+    plain = project([Stage("grpo", **base)], cfg, GPU).stages[0]
+    replayed = project([Stage("grpo", replay_sequences=3, replay_length=300, **base)], cfg, GPU).stages[0]
+    # 8 rollout batches × 3 traces × 300 positions, in both of the μ = 2 passes.
+    assert replayed.tokens == plain.tokens + 8 * 3 * 300 * 2
+    assert replayed.train_flops.total == (plain.train_flops.total + training_flops_per_token(
+        cfg, 300, include_mtp=False).total * 8 * 3 * 300 * 2)
+    assert replayed.generation_flops == plain.generation_flops
+    by_default = project([Stage("grpo", replay_sequences=3, **base)], cfg, GPU).stages[0]
+    assert by_default.tokens == plain.tokens + 8 * 3 * 120 * 2
+
+
 def test_memory_fit_warns_before_out_of_memory():
     cfg = preset("deepseek-v3-671b")
     n = count_parameters(cfg).total_with_mtp

@@ -15,7 +15,8 @@
               MTP; default P+M, more where micro-batches are padded to their longest sequence) of the
               `trained_fraction` of sequences that train (dynamic sampling drops equal-reward groups),
               plus one forward for the old policy's log-probs when μ > 1 and one for the reference model
-              when `reference`.
+              when `reference`; and `replay_sequences` SFT traces per rollout batch (rl.sft_rows) of
+              `replay_length` positions (default P + max_new_tokens), in each of the μ passes.
   Before a run, rounds and fraction are 1 (the most a run can generate per round, all trained); after
   one, the report sets them, P, M and the padded training length from what the run measured.
 
@@ -84,6 +85,8 @@ class Stage:
     train_length: int | None = None  # positions a training pass computes per sequence (padding included);
     # default prompt_tokens + mean_new_tokens
     eval_sequences: int = 0  # held-out completions the stage generates (GRPO's evaluations)
+    replay_sequences: int = 0  # SFT traces trained with each rollout batch (rl.sft_rows when rl.sft_weight > 0)
+    replay_length: int | None = None  # positions per trace; default prompt_tokens + max_new_tokens
     precision: str = "bf16"
     mfu: float | None = None
     generation_mfu: float | None = None
@@ -105,6 +108,8 @@ class Stage:
                 raise UserError(f"stage {label}: trained_fraction must be in [0, 1], got {self.trained_fraction}")
             if self.eval_sequences < 0 or (self.train_length is not None and self.train_length < 1):
                 raise UserError(f"stage {label}: eval_sequences must be >= 0 and train_length >= 1")
+            if self.replay_sequences < 0 or (self.replay_length is not None and self.replay_length < 1):
+                raise UserError(f"stage {label}: replay_sequences must be >= 0 and replay_length >= 1")
         elif self.tokens is None and (self.steps is None or self.batch_size is None):
             raise UserError(f"stage {label}: {self.kind} needs tokens, or steps and batch_size (× seq_len)")
 
@@ -293,6 +298,11 @@ def project_stage(stage: Stage, cfg: ModelConfig, hardware: Hardware, devices: i
         extra_forwards = (stage.updates > 1) + stage.reference
         train = (training_flops_per_token(cfg, train_length, include_mtp=False) * tokens
                  + _sequence_forward(cfg, train_length, absorbed=False) * (trained * extra_forwards))
+        if stage.replay_sequences:
+            replay_length = stage.replay_length or stage.prompt_tokens + stage.max_new_tokens
+            replayed = math.ceil(prompts / per_step) * stage.replay_sequences * replay_length * stage.updates
+            train = train + training_flops_per_token(cfg, replay_length, include_mtp=False) * replayed
+            tokens += replayed
         rollouts_per_device = math.ceil(per_step * stage.group_size / devices)
         micro = stage.micro_batch_size or rollouts_per_device
         max_length = stage.prompt_tokens + stage.max_new_tokens

@@ -43,7 +43,7 @@ def planner_stage(name: str, cfg: StageConfig, hardware: Hardware, rollouts: dic
     shape = {"prompt_tokens": UNMEASURED_PROMPT_TOKENS, **(rollouts or {})}
     return Stage(kind="grpo", steps=-(-steps // max(1, rl.updates)), prompts_per_step=rl.prompts_per_step,
                  group_size=rl.group_size, max_new_tokens=rl.max_new_tokens, updates=rl.updates,
-                 reference=rl.beta > 0, precision=precision,
+                 reference=rl.beta > 0, precision=precision, replay_sequences=rl.sft_rows if rl.sft_weight > 0 else 0,
                  eval_sequences=evaluations * rl.eval_n * rl.eval_samples * len(cfg.data.tasks), **shape)
 
 
