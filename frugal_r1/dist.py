@@ -50,12 +50,14 @@ def teardown() -> None:
         torch_dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, info: DistInfo, find_unused: bool = False) -> torch.nn.Module:
+    """DDP around `model` when ranks run; `find_unused` for losses that leave some parameters out (DDP then
+    looks for them after each forward instead of waiting for their gradients forever)."""
     if not info.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, broadcast_buffers=False)
+    return DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=find_unused)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

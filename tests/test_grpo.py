@@ -111,6 +111,21 @@ def test_grpo_resume_after_sigkill_is_bit_identical(tiny_frugal, tmp_path):
     assert rewards == [r["reward_mean"] for r in read_metrics(tmp_path / "resumed") if "reward_mean" in r]
 
 
+def test_two_ranks_train_a_frugal_policy_whose_mtp_module_grpo_leaves_out(tiny_frugal, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    result = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port", str(29600 + os.getpid() % 1000),
+                             "-m", "frugal_r1.cli", "grpo", "--init", str(tiny_frugal), *GRPO, "--steps", "2",
+                             "--set", "rl.sft_weight=0.5", "--set", "rl.sft_rows=2", "--out", str(out)],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [r for r in read_metrics(out) if "loss" in r]
+    assert len(records) == 2 and all(r["sft_loss"] > 0 for r in records)
+    before = load_file(str(tiny_frugal / "model.safetensors"))
+    after = load_file(str(out / "final" / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_length_collapse_stops_with_a_message(tiny_frugal, tmp_path):
     result = run_cli("grpo", "--init", str(tiny_frugal), *GRPO, "--steps", "3", "--out", str(tmp_path / "run"),
                      "--set", "rl.length_floor=1000", check=False)

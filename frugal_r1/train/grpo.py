@@ -72,6 +72,7 @@ class Rollout:
 
 class GRPOStage:
     name = "grpo"
+    uses_every_parameter = False  # a frugal-r1 policy's MTP module takes no part in its log-probs
 
     def __init__(self, policy: Policy, rl: RLConfig, grad_accum: int, tasks: list[Task], eval_tasks: list[Task],
                  seed: int, out_dir: Path, info: dist.DistInfo, reference: torch.nn.Module | None = None,

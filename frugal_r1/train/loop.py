@@ -43,6 +43,9 @@ class RunStopped(UserError):
 
 
 class Stage(Protocol):
+    """What a stage supplies. It may also set `uses_every_parameter = False` when its loss leaves some of the
+    model's parameters out (DDP must then look for them)."""
+
     name: str
 
     def next_batch(self) -> Any: ...
@@ -99,7 +102,7 @@ class Trainer:
         self.device = module_device(model)
         self.device_type = self.device.type
         self.bf16 = use_bf16(cfg.bf16, self.device_type)
-        self.wrapped = dist.wrap(model, self.info)
+        self.wrapped = dist.wrap(model, self.info, find_unused=not getattr(stage, "uses_every_parameter", True))
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.step = 0
