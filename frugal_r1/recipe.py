@@ -117,7 +117,8 @@ class RLConfig:
     # SFT biases put back scored 39.0%.
     gate_bias_speed: float = 0.0
     # Replay of the SFT traces during RL (InstructGPT's PPO-ptx): the loss adds sft_weight × the token-mean NLL
-    # of sft_rows trace completions per optimizer step, drawn by sft_task_weights (empty: data.task_weights).
+    # of sft_rows trace completions per rollout batch (each of its rl.updates steps trains on them), drawn by
+    # sft_task_weights (empty: data.task_weights).
     sft_weight: float = 0.0
     sft_rows: int = 0
     sft_task_weights: dict[str, float] = field(default_factory=dict)
