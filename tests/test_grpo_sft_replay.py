@@ -89,6 +89,14 @@ def test_without_sft_rows_the_loss_is_the_grpo_loss_alone(tiny_frugal):  # noqa:
     assert replayed.item() == pytest.approx(plain.item() + 0.2 * parts["sft_loss"], rel=1e-5, abs=1e-7)
 
 
+def test_a_prompt_that_does_not_open_thinking_gets_a_completion_that_does(tiny_qwen):  # noqa: F811
+    policy = Policy.load(tiny_qwen)  # its own chat template ends in "<|assistant|>"
+    batch = _empty_batches(1)[0]
+    GRPOStage._add_sft_rows(_stage(policy, RLConfig(sft_weight=1.0, sft_rows=1)), [batch])
+    completion = batch.sft_ids[0, batch.sft_prompt_lengths[0]: batch.sft_lengths[0]].tolist()
+    assert policy.tokenizer.decode(completion).startswith("<think>\n")
+
+
 def test_add_sft_rows_is_deterministic_in_the_rollout_index(tiny_frugal):  # noqa: F811
     policy = Policy.load(tiny_frugal)
     rl = RLConfig(sft_weight=1.0, sft_rows=2)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from frugal_r1 import dist
-from frugal_r1.chat import ANSWER_END
+from frugal_r1.chat import ANSWER_END, THINK_START
 from frugal_r1.device import module_device
 from frugal_r1.generate import SamplingParams
 from frugal_r1.model import cpu_kernels
@@ -320,14 +320,19 @@ class GRPOStage:
 
     def _add_sft_rows(self, buffer: list[Rollout]) -> None:
         """Give the micro-batches the step's `rl.sft_rows` trace examples (round robin), each a row's prompt as
-        the rollouts write it and its trace completion, cut to the policy's context."""
+        the rollouts write it and its trace completion (opening `<think>` where the prompt does not), cut to the
+        policy's context."""
+        from frugal_r1.eval import opens_thinking
+
         policy, rows = self.policy, self.rl.sft_rows
         examples = []
         for k in range(rows):
             index = (self.rollout_index * self.info.world_size + self.info.rank) * rows + k
             task, row = self.sft_problem(index)
-            ids, loss_mask = encode_sft_example(policy.tokenizer, policy.prompt(row, self.rl.prompt_format),
-                                                completion_for(task, row, self.seed, index))
+            prompt, completion = policy.prompt(row, self.rl.prompt_format), completion_for(task, row, self.seed, index)
+            if not opens_thinking(prompt):  # R1-Zero's prompt, or a model's own chat template
+                completion = f"{THINK_START}\n{completion}"
+            ids, loss_mask = encode_sft_example(policy.tokenizer, prompt, completion)
             ids = ids[: policy.context_length]
             examples.append((ids, min(loss_mask.index(1), len(ids))))
         tokens = sum(len(ids) - start for ids, start in examples)
