@@ -43,21 +43,22 @@ def open_tasks(data: DataConfig, seed: int) -> list[Task]:
     return tasks
 
 
-def task_weight_list(tasks: list[Task], weights: dict[str, float]) -> list[float]:
-    """Each task's weight from data.task_weights (1.0 where unnamed). Raises UserError on a bad table."""
+def task_weight_list(tasks: list[Task], weights: dict[str, float], setting: str = "data.task_weights") -> list[float]:
+    """Each task's weight from the table (1.0 where unnamed). Raises UserError naming `setting` on a bad table."""
     names = [t.name for t in tasks]
     bad = sorted(set(weights) - set(names))
     if bad:
-        raise UserError(f"data.task_weights names tasks not in data.tasks: {', '.join(bad)}")
+        raise UserError(f"{setting} names tasks not in data.tasks: {', '.join(bad)}")
     w = [float(weights.get(name, 1.0)) for name in names]
     if any(x < 0 for x in w) or sum(w) <= 0:
-        raise UserError("data.task_weights must be non-negative with a positive sum")
+        raise UserError(f"{setting} must be non-negative with a positive sum")
     return w
 
 
-def problem_stream(tasks: list[Task], weights: dict[str, float], seed: int | str) -> Callable[[int], tuple[Task, dict]]:
-    """index -> (task, row), deterministic in (seed, index)."""
-    w = task_weight_list(tasks, weights)
+def problem_stream(tasks: list[Task], weights: dict[str, float], seed: int | str,
+                   setting: str = "data.task_weights") -> Callable[[int], tuple[Task, dict]]:
+    """index -> (task, row), deterministic in (seed, index); `setting` names the weights' table in errors."""
+    w = task_weight_list(tasks, weights, setting)
 
     def problem(index: int) -> tuple[Task, dict]:
         task = random.Random(f"{seed}:task:{index}").choices(tasks, weights=w)[0]

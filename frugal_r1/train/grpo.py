@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from frugal_r1 import dist
 from frugal_r1.chat import ANSWER_END, THINK_START
@@ -80,10 +81,8 @@ class GRPOStage:
                  task_weights: dict[str, float] | None = None):
         self.policy, self.rl, self.grad_accum, self.tasks, self.eval_tasks = policy, rl, grad_accum, tasks, eval_tasks
         self.problem = problem_stream(tasks, task_weights or {}, f"{seed}:grpo")
-        stray = sorted(set(rl.sft_task_weights) - {t.name for t in tasks})
-        if stray:
-            raise UserError(f"rl.sft_task_weights names tasks not in data.tasks: {', '.join(stray)}")
-        self.sft_problem = problem_stream(tasks, rl.sft_task_weights or task_weights or {}, f"{seed}:grpo-sft")
+        self.sft_problem = problem_stream(tasks, rl.sft_task_weights or task_weights or {}, f"{seed}:grpo-sft",
+                                          "rl.sft_task_weights")
         self.seed, self.out_dir, self.info, self.reference = seed, out_dir, info, reference
         self.bf16 = module_uses_bf16(bf16, policy.module)
         self._cpu_bf16 = self.bf16 and module_device(policy.module).type == "cpu"
@@ -128,7 +127,7 @@ class GRPOStage:
         return self.policy.forward_tokens(self.policy.module, batch.input_ids, batch.prompt_lengths, batch.lengths)
 
     def loss(self, model: torch.nn.Module, batch: Rollout, denominator: float) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, parts = sum(p.sum() for p in model.parameters()) * 0.0, {}
+        loss, parts = None, {}
         if batch.input_ids.numel():
             logprobs, entropy = self.policy.token_logprobs(model, batch.input_ids, True, batch.prompt_lengths,
                                                            batch.lengths)
@@ -143,10 +142,12 @@ class GRPOStage:
         if batch.sft_ids is not None and batch.sft_ids.numel():
             ids, plen, lengths = batch.sft_ids, batch.sft_prompt_lengths, batch.sft_lengths
             nll = -self.policy.token_logprobs(model, ids, False, plen, lengths)[0].sum() / batch.sft_tokens
-            loss = loss + self.rl.sft_weight * nll
+            loss = self.rl.sft_weight * nll if loss is None else loss + self.rl.sft_weight * nll
             parts["sft_loss"] = nll.item()
             self._extra_flops += 3 * 2 * _matmul_params(self.policy) * self.policy.forward_tokens(
                 self.policy.module, ids, plen, lengths)
+        if loss is None:  # nothing to train on in this micro-batch (dynamic sampling dropped every group)
+            loss = sum(p.sum() for p in model.parameters()) * 0.0
         return loss, parts
 
     def step_metrics(self, record: dict[str, Any]) -> dict[str, float]:
@@ -335,16 +336,13 @@ class GRPOStage:
             ids, loss_mask = encode_sft_example(policy.tokenizer, prompt, completion)
             ids = ids[: policy.context_length]
             examples.append((ids, min(loss_mask.index(1), len(ids))))
-        tokens = sum(len(ids) - start for ids, start in examples)
+        tokens = max(1, sum(len(ids) - start for ids, start in examples))
         pad = policy.tokenizer.pad_token_id or 0
         for i, batch in enumerate(buffer):
             share = examples[i::len(buffer)]
             if not share:
                 continue
-            width = max(len(ids) for ids, _ in share)
-            batch.sft_ids = torch.full((len(share), width), pad, dtype=torch.long)
-            for j, (ids, _) in enumerate(share):
-                batch.sft_ids[j, : len(ids)] = torch.tensor(ids)
+            batch.sft_ids = pad_sequence([torch.tensor(ids) for ids, _ in share], batch_first=True, padding_value=pad)
             batch.sft_prompt_lengths = torch.tensor([start for _, start in share])
             batch.sft_lengths = torch.tensor([len(ids) for ids, _ in share])
             batch.sft_tokens = tokens
